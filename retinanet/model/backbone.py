@@ -1,0 +1,109 @@
+"""Backbones from `keras.applications`, cut at strides 8, 16 and 32 (C3, C4, C5)."""
+
+import keras
+import numpy as np
+
+IMAGENET_MEAN_BGR = (103.939, 116.779, 123.68)
+
+
+@keras.saving.register_keras_serializable(package="retinanet")
+class CaffePreprocessing(keras.layers.Layer):
+    """`keras.applications.resnet.preprocess_input` as a layer: RGB to BGR, minus the ImageNet mean.
+
+    Input: float ``[B, H, W, 3]`` RGB in 0-255. Output: the same shape, BGR, mean-centred.
+    """
+
+    def call(self, images):
+        bgr = images[..., ::-1]
+        return bgr - keras.ops.cast(np.array(IMAGENET_MEAN_BGR, "float32"), bgr.dtype)
+
+
+def _resnet(app):
+    def build(weights, size=None):
+        inputs = keras.Input((size, size, 3), name="images")
+        model = app(include_top=False, weights=weights, input_shape=(size, size, 3))
+        return inputs, model, CaffePreprocessing(name="caffe_preprocessing")(inputs)
+
+    return build
+
+
+def _self_normalising(app):
+    """Applications that rescale 0-255 input themselves (MobileNetV3, EfficientNet)."""
+
+    def build(weights, size=None):
+        inputs = keras.Input((size, size, 3), name="images")
+        model = app(include_top=False, weights=weights, input_shape=(size, size, 3))
+        return inputs, model, inputs
+
+    return build
+
+
+BACKBONES = {
+    "resnet50": _resnet(keras.applications.ResNet50),
+    "resnet101": _resnet(keras.applications.ResNet101),
+    "resnet152": _resnet(keras.applications.ResNet152),
+    "mobilenet_v3_small": _self_normalising(keras.applications.MobileNetV3Small),
+    "mobilenet_v3_large": _self_normalising(keras.applications.MobileNetV3Large),
+    "efficientnet_b0": _self_normalising(keras.applications.EfficientNetB0),
+    "efficientnet_b3": _self_normalising(keras.applications.EfficientNetB3),
+}
+
+_PROBE_SIZE = 64
+
+
+def _stride_endpoints(name):
+    """Indices into ``model.layers`` of the last layer at strides 8, 16 and 32.
+
+    keras.applications names some layers with global counters (``activation_17``), so the
+    endpoints are found by position, probing a fixed-size build once.
+    """
+    _, probe, _ = BACKBONES[name](None, _PROBE_SIZE)
+    last_at_stride = {}
+    for index, layer in enumerate(probe.layers):
+        shape = layer.output.shape
+        if len(shape) == 4 and shape[1]:
+            last_at_stride[_PROBE_SIZE // shape[1]] = index
+    return [last_at_stride[stride] for stride in (8, 16, 32)]
+
+
+_ENDPOINT_CACHE = {}
+
+
+def build_backbone(name="resnet50", weights=None, frozen_batchnorm=True, trainable=True):
+    """Builds a feature extractor from raw images to ``[C3, C4, C5]``.
+
+    Args:
+        name: one of `BACKBONES`.
+        weights: None (random init), ``"imagenet"`` (Keras's own download, needs network), or
+            the path of a ``.weights.h5`` file of the same application without its top.
+        frozen_batchnorm: run every BatchNormalization layer in inference mode with fixed
+            statistics, as detectors fine-tuned from ImageNet do. Turn it off to train from
+            scratch.
+        trainable: False freezes the whole backbone.
+
+    Returns:
+        A functional `keras.Model`: float ``[B, H, W, 3]`` RGB 0-255 to a list of three feature
+        maps at strides 8, 16 and 32. The input normalisation of the application is inside.
+    """
+    if name not in BACKBONES:
+        raise ValueError(f"Unknown `backbone` {name!r}; expected one of {sorted(BACKBONES)}.")
+    file_weights = None
+    if weights not in (None, "imagenet"):
+        import os
+
+        if not os.path.isfile(weights):
+            raise ValueError(f"`backbone_weights` file not found: {weights}")
+        file_weights, weights = weights, None
+    if name not in _ENDPOINT_CACHE:
+        _ENDPOINT_CACHE[name] = _stride_endpoints(name)
+    inputs, application, preprocessed = BACKBONES[name](weights)
+    if file_weights:
+        application.load_weights(file_weights)
+    endpoints = [application.layers[i].output for i in _ENDPOINT_CACHE[name]]
+    extractor = keras.Model(application.inputs, endpoints, name=f"{name}_features")
+    if frozen_batchnorm:
+        for layer in extractor.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False
+    extractor.trainable = trainable
+    return keras.Model(inputs, extractor(preprocessed), name=name)

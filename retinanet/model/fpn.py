@@ -1,0 +1,64 @@
+"""Feature pyramid network (Lin et al., 2017) as used by RetinaNet."""
+
+import keras
+
+
+@keras.saving.register_keras_serializable(package="retinanet")
+class FeaturePyramid(keras.layers.Layer):
+    """Turns backbone features ``[C3, C4, C5]`` into pyramid levels ``[P3, ..., P7]``.
+
+    - P3-P5: 1x1 lateral convs on C3-C5, a top-down path with nearest-neighbour 2x
+      upsampling and addition, then a 3x3 output conv on each level.
+    - P6: a 3x3 stride-2 conv on C5. P7 and above: a 3x3 stride-2 conv on ReLU of the level
+      below.
+
+    Input: a list of three float tensors ``[B, H/8, W/8, c3]``, ``[B, H/16, W/16, c4]``,
+    ``[B, H/32, W/32, c5]`` with H and W multiples of ``2**max_level``.
+    Output: a list of ``max_level - 2`` tensors ``[B, H/2**l, W/2**l, filters]``, l = 3..max_level.
+    """
+
+    def __init__(self, filters=256, max_level=7, **kwargs):
+        super().__init__(**kwargs)
+        if max_level < 5:
+            raise ValueError(f"`max_level` must be at least 5, got {max_level}.")
+        self.filters = filters
+        self.max_level = max_level
+        conv = dict(filters=filters, padding="same", dtype=self.dtype_policy)
+        self.lateral_convs = [
+            keras.layers.Conv2D(kernel_size=1, name=f"lateral_c{level}", **conv)
+            for level in (3, 4, 5)
+        ]
+        self.output_convs = [
+            keras.layers.Conv2D(kernel_size=3, name=f"output_p{level}", **conv)
+            for level in (3, 4, 5)
+        ]
+        self.extra_convs = [
+            keras.layers.Conv2D(kernel_size=3, strides=2, name=f"p{level}", **conv)
+            for level in range(6, max_level + 1)
+        ]
+        self.upsample = keras.layers.UpSampling2D(2, interpolation="nearest")
+
+    def build(self, input_shapes):
+        for conv, shape in zip(self.lateral_convs, input_shapes):
+            conv.build(shape)
+        for conv, shape in zip(self.output_convs, input_shapes):
+            conv.build(shape[:-1] + (self.filters,))
+        self.extra_convs[0].build(input_shapes[-1])
+        for conv in self.extra_convs[1:]:
+            conv.build(input_shapes[-1][:-1] + (self.filters,))
+
+    def call(self, features):
+        c3, c4, c5 = features
+        p5 = self.lateral_convs[2](c5)
+        p4 = self.lateral_convs[1](c4) + self.upsample(p5)
+        p3 = self.lateral_convs[0](c3) + self.upsample(p4)
+        outputs = [conv(p) for conv, p in zip(self.output_convs, (p3, p4, p5))]
+        extra = self.extra_convs[0](c5)
+        outputs.append(extra)
+        for conv in self.extra_convs[1:]:
+            extra = conv(keras.ops.relu(extra))
+            outputs.append(extra)
+        return outputs
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "max_level": self.max_level}

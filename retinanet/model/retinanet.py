@@ -1,0 +1,256 @@
+"""The RetinaNet `keras.Model`: backbone, FPN, class and box subnets, loss and decoding."""
+
+import keras
+import tensorflow as tf
+from keras.src.losses.loss import scale_loss_for_distribution
+
+from retinanet import training
+from retinanet.anchors import AnchorGenerator
+from retinanet.losses import POSITIVE, FocalLoss, SmoothL1Loss
+from retinanet.matching import LabelEncoder
+from retinanet.model.backbone import build_backbone
+from retinanet.model.fpn import FeaturePyramid
+from retinanet.model.heads import RetinaNetHead
+from retinanet.model.postprocess import DetectionPostprocessor
+
+
+def _images_and_targets(x, y):
+    """Accepts ``(images, {"boxes", "classes"})`` or the keras-cv dict with no ``y``."""
+    if isinstance(x, dict):
+        if "images" not in x:
+            raise ValueError(f"An input dict needs an 'images' key, got keys {sorted(x)}.")
+        images = x["images"]
+        if y is None:
+            y = x.get("bounding_boxes")
+    else:
+        images = x
+    return images, y
+
+
+@keras.saving.register_keras_serializable(package="retinanet")
+class RetinaNet(keras.Model):
+    """RetinaNet (Lin et al., "Focal Loss for Dense Object Detection", 2017).
+
+    Feed raw RGB images with values in 0-255 (float or uint8) of any size; the model
+    normalises them as its backbone expects and pads them to a multiple of 128 inside.
+
+    - ``model(images)`` returns the raw head outputs ``{"cls_logits": [B, A, K],
+      "box_deltas": [B, A, 4]}`` in float32.
+    - ``model.fit`` takes ``(images, {"boxes": [B, N, 4] xyxy pixels, "classes": [B, N]})``
+      padded with -1, or the keras-cv dict ``{"images", "bounding_boxes": {"boxes",
+      "classes"}}``; targets are encoded inside `compute_loss`.
+    - ``model.predict`` returns detections: ``{"boxes": [B, D, 4] xyxy in input pixels,
+      "scores": [B, D], "classes": [B, D], "num_detections": [B]}``.
+
+    Args:
+        num_classes: number of object classes K (no background class).
+        backbone: a name from `retinanet.model.backbone.BACKBONES` or a `keras.Model` from
+            images to ``[C3, C4, C5]`` (strides 8, 16, 32).
+        backbone_weights: None, "imagenet" or a ``.weights.h5`` path (named backbones only).
+        freeze_backbone: train only the FPN and heads.
+        frozen_batchnorm: keep the backbone's batch-norm statistics fixed (named backbones).
+        fpn_filters, head_convs, head_filters: widths and depth of the FPN and subnets.
+        use_group_norm: GroupNorm(32) after each subnet conv.
+        anchor_generator, label_encoder, fpn, classification_head, box_head, postprocessor:
+            collaborators; defaults are built from the other arguments when None.
+    """
+
+    def __init__(
+        self,
+        num_classes,
+        backbone="resnet50",
+        backbone_weights=None,
+        freeze_backbone=False,
+        frozen_batchnorm=True,
+        fpn_filters=256,
+        head_convs=4,
+        head_filters=256,
+        use_group_norm=False,
+        anchor_generator=None,
+        label_encoder=None,
+        fpn=None,
+        classification_head=None,
+        box_head=None,
+        postprocessor=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if int(num_classes) < 1:
+            raise ValueError(f"`num_classes` must be at least 1, got {num_classes}.")
+        self.num_classes = int(num_classes)
+        if isinstance(backbone, str):
+            backbone = build_backbone(
+                backbone, backbone_weights, frozen_batchnorm, trainable=not freeze_backbone
+            )
+        elif backbone_weights is not None:
+            raise ValueError("`backbone_weights` applies to named backbones only.")
+        elif freeze_backbone:
+            backbone.trainable = False
+        self.backbone = backbone
+        self.anchor_generator = anchor_generator or AnchorGenerator()
+        self.label_encoder = label_encoder or LabelEncoder(self.anchor_generator)
+        num_anchors = self.anchor_generator.num_anchors_per_location
+        self.fpn = fpn or FeaturePyramid(fpn_filters, self.anchor_generator.max_level, name="fpn")
+        self.classification_head = classification_head or RetinaNetHead(
+            self.num_classes, num_anchors, head_convs, head_filters,
+            prior_probability=0.01, use_group_norm=use_group_norm, name="classification_head",
+        )
+        self.box_head = box_head or RetinaNetHead(
+            4, num_anchors, head_convs, head_filters,
+            use_group_norm=use_group_norm, name="box_head",
+        )
+        self.postprocessor = postprocessor or DetectionPostprocessor(
+            self.anchor_generator, self.label_encoder.box_weights, name="postprocessor"
+        )
+        if self.anchor_generator.min_level != 3:
+            raise ValueError(
+                "The FPN produces levels from P3: `anchor_generator.min_level` must be 3, "
+                f"got {self.anchor_generator.min_level}."
+            )
+        self.classification_loss = FocalLoss()
+        self.box_loss = SmoothL1Loss()
+        self.box_loss_weight = 1.0
+        self.cls_loss_tracker = keras.metrics.Mean(name="cls_loss")
+        self.box_loss_tracker = keras.metrics.Mean(name="box_loss")
+        self.num_positives_tracker = keras.metrics.Mean(name="num_positives")
+        self.build((None, None, None, 3))
+
+    def build(self, input_shape=None):
+        if self.built:
+            return
+        size = self.anchor_generator.stride_multiple
+        self.call(tf.zeros([1, size, size, 3]))
+        self.built = True
+
+    # -- forward -------------------------------------------------------------------------
+
+    def _padded_size(self, images):
+        multiple = self.anchor_generator.stride_multiple
+        shape = tf.shape(images)
+        return (
+            (shape[1] + multiple - 1) // multiple * multiple,
+            (shape[2] + multiple - 1) // multiple * multiple,
+        )
+
+    def call(self, inputs, training=False):
+        images, _ = _images_and_targets(inputs, None)
+        images = tf.cast(images, self.compute_dtype)
+        height, width = self._padded_size(images)
+        # Bottom/right padding leaves pixel coordinates, and so boxes, unchanged.
+        images = tf.pad(
+            images,
+            [[0, 0], [0, height - tf.shape(images)[1]], [0, width - tf.shape(images)[2]], [0, 0]],
+        )
+        pyramid = self.fpn(self.backbone(images, training=training))
+        return {
+            "cls_logits": self.classification_head(pyramid),
+            "box_deltas": self.box_head(pyramid),
+        }
+
+    def detect(self, images, outputs=None):
+        """Detections for a batch of raw images (graph-friendly; `predict` uses it)."""
+        images, _ = _images_and_targets(images, None)
+        if outputs is None:
+            outputs = self(images, training=False)
+        shape = tf.shape(images)
+        return self.postprocessor(
+            outputs["cls_logits"],
+            outputs["box_deltas"],
+            anchor_image_size=self._padded_size(images),
+            image_size=(shape[1], shape[2]),
+        )
+
+    def predict_step(self, data):
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        return self.detect(x)
+
+    def make_predict_function(self, force=False):
+        # NMS has no XLA kernel on CPU, so predict never runs under jit_compile.
+        jit_compile, self._jit_compile = self._jit_compile, False
+        try:
+            return super().make_predict_function(force)
+        finally:
+            self._jit_compile = jit_compile
+
+    # -- training ------------------------------------------------------------------------
+
+    def compile(
+        self,
+        optimizer=None,
+        classification_loss=None,
+        box_loss=None,
+        box_loss_weight=1.0,
+        jit_compile=False,
+        **kwargs,
+    ):
+        """Configures training.
+
+        Args:
+            optimizer: defaults to `retinanet.training.default_optimizer()` (Adam 1e-4, clipnorm
+                10). `retinanet.training.reference_optimizer()` gives the paper's SGD recipe.
+            classification_loss: defaults to `FocalLoss(alpha=0.25, gamma=2)`.
+            box_loss: defaults to `SmoothL1Loss(beta=1/9)`.
+            box_loss_weight: multiplies the box loss in the total.
+            jit_compile: XLA for the train and test steps (predict always runs without it).
+            **kwargs: passed to `keras.Model.compile` (``steps_per_execution``, ...).
+        """
+        if "loss" in kwargs:
+            raise ValueError(
+                "RetinaNet computes its own loss: pass `classification_loss` and `box_loss` "
+                "instead of `loss`."
+            )
+        self.classification_loss = classification_loss or FocalLoss()
+        self.box_loss = box_loss or SmoothL1Loss()
+        self.box_loss_weight = float(box_loss_weight)
+        super().compile(
+            optimizer=optimizer or training.default_optimizer(), jit_compile=jit_compile, **kwargs
+        )
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        images, targets = _images_and_targets(x, y)
+        if not isinstance(targets, dict) or not {"boxes", "classes"} <= set(targets):
+            raise ValueError(
+                "RetinaNet needs targets as a dict with 'boxes' and 'classes' (padded with -1), "
+                f"got {type(targets).__name__}."
+            )
+        height, width = self._padded_size(images)
+        encoded = self.label_encoder.encode(targets["boxes"], targets["classes"], height, width)
+        states = encoded["anchor_states"]
+        cls_loss = self.classification_loss(y_pred["cls_logits"], encoded["cls_targets"], states)
+        box_loss = self.box_loss(y_pred["box_deltas"], encoded["box_targets"], states)
+        box_loss = self.box_loss_weight * box_loss
+        total = cls_loss + box_loss
+        if self.losses:
+            total += tf.add_n([tf.cast(loss, tf.float32) for loss in self.losses])
+        self.cls_loss_tracker.update_state(cls_loss)
+        self.box_loss_tracker.update_state(box_loss)
+        self.num_positives_tracker.update_state(
+            tf.reduce_sum(tf.cast(tf.equal(states, POSITIVE), tf.float32))
+        )
+        return scale_loss_for_distribution(total)
+
+    # -- serialisation -------------------------------------------------------------------
+
+    def get_config(self):
+        serialize = keras.saving.serialize_keras_object
+        return {
+            **super().get_config(),
+            "num_classes": self.num_classes,
+            "backbone": serialize(self.backbone),
+            "anchor_generator": serialize(self.anchor_generator),
+            "label_encoder": serialize(self.label_encoder),
+            "fpn": serialize(self.fpn),
+            "classification_head": serialize(self.classification_head),
+            "box_head": serialize(self.box_head),
+            "postprocessor": serialize(self.postprocessor),
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in (
+            "backbone", "anchor_generator", "label_encoder", "fpn",
+            "classification_head", "box_head", "postprocessor",
+        ):
+            config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)
