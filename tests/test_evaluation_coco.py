@@ -118,10 +118,10 @@ def _feed(evaluator, images):
     return evaluator.result()
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_random_sets_equal_direct_pycocotools(seed):
+@pytest.mark.parametrize("seed, num_images", [(0, 40), (1, 40), (2, 250)])
+def test_random_sets_equal_direct_pycocotools(seed, num_images):
     num_classes = 5
-    images = _random_images(seed, num_classes=num_classes)
+    images = _random_images(seed, num_images=num_images, num_classes=num_classes)
     # The sets really contain what they are meant to exercise.
     all_gt = np.concatenate([i["gt_classes"] for i in images])
     all_det = np.concatenate([i["det_classes"] for i in images])
