@@ -166,9 +166,7 @@ def evaluate(
         length = steps if length is None else min(steps, length)
     if length == math.inf:
         raise ValueError("dataset is infinite (repeated?); pass steps or a finite dataset")
-    progbar = keras.utils.Progbar(
-        length, verbose=verbose, unit_name="batch", stateful_metrics=["images"]
-    )
+    progbar = keras.utils.Progbar(length, verbose=verbose, unit_name="batch")
     num_images, done = 0, 0
     for done, batch in enumerate(itertools.islice(dataset, steps), start=1):
         if not isinstance(batch, (tuple, list)) or len(batch) < 2:
@@ -180,9 +178,9 @@ def evaluate(
             for evaluator in evaluators.values():
                 evaluator.update(**kwargs)
             num_images += 1
-        progbar.update(done, values=[("images", num_images)])
+        progbar.update(done)
     if length is None or done < length:
-        progbar.update(done, values=[("images", num_images)], finalize=True)
+        progbar.update(done, finalize=True)
     return {name: evaluator.result() for name, evaluator in evaluators.items()}
 
 
