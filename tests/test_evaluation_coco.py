@@ -1,4 +1,4 @@
-"""COCOEvaluator against a direct pycocotools run built independently here, and hand-worked cases."""
+"""COCOEvaluator against a direct pycocotools run built independently here, and by hand."""
 
 import contextlib
 import io
@@ -77,7 +77,8 @@ def _random_images(seed, num_images=40, num_classes=5, crowd_rate=0.1):
     for index in range(num_images):
         empty = rng.random() < 0.2
         num_gt = 0 if empty else int(rng.integers(1, 9))
-        gt_boxes = [_random_box(rng, rng.choice(["small", "medium", "large"])) for _ in range(num_gt)]
+        kinds = rng.choice(["small", "medium", "large"], size=num_gt)
+        gt_boxes = [_random_box(rng, kind) for kind in kinds]
         gt_classes = rng.integers(0, num_classes - 1, size=num_gt)
         gt_iscrowd = rng.random(num_gt) < crowd_rate
         det_boxes, det_classes = [], []
@@ -186,7 +187,8 @@ def test_max_detections_hand_worked():
     assert result["AR1"] == pytest.approx(1 / 3, abs=1e-12)
     assert result["AR10"] == pytest.approx(1.0, abs=1e-12)
     assert result["AP"] == pytest.approx(1.0, abs=1e-9)
-    assert result["per_class"]["0"]["num_gt"] == 3 and result["per_class"]["0"]["num_detections"] == 3
+    assert result["per_class"]["0"]["num_gt"] == 3
+    assert result["per_class"]["0"]["num_detections"] == 3
 
 
 def test_no_detections_at_all():

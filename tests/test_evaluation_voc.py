@@ -1,4 +1,4 @@
-"""VOCEvaluator: hand-worked examples and agreement with a loop-based copy of the devkit's voc_eval."""
+"""VOCEvaluator: hand-worked examples and agreement with a loop-based devkit voc_eval."""
 
 import math
 

@@ -66,7 +66,8 @@ class COCOEvaluator(ImageAccumulator):
         num_classes = None
         if category_ids is not None:
             category_ids = list(category_ids)
-            if not all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) for c in category_ids):
+            integers = (int, np.integer)
+            if not all(isinstance(c, integers) and not isinstance(c, bool) for c in category_ids):
                 raise ValueError(f"category_ids must be integers, got {category_ids}")
             category_ids = [int(c) for c in category_ids]
             if len(set(category_ids)) != len(category_ids):
@@ -132,8 +133,8 @@ class COCOEvaluator(ImageAccumulator):
         from pycocotools.cocoeval import COCOeval
 
         dataset, results = self.coco_json()
-        output = contextlib.nullcontext() if self.verbose else contextlib.redirect_stdout(io.StringIO())
-        with output:
+        quiet = contextlib.redirect_stdout(io.StringIO())
+        with contextlib.nullcontext() if self.verbose else quiet:
             coco_gt = COCO()
             coco_gt.dataset = dataset
             coco_gt.createIndex()

@@ -56,7 +56,8 @@ def normalize_image_id(image_id: Any) -> Hashable:
     try:
         hash(image_id)
     except TypeError:
-        raise ValueError(f"image_id must be a str or an int, got {type(image_id).__name__}") from None
+        kind = type(image_id).__name__
+        raise ValueError(f"image_id must be a str or an int, got {kind}") from None
     return image_id
 
 
@@ -76,7 +77,9 @@ def _boxes(value, name: str, image_id) -> np.ndarray:
     if array.ndim != 2 or array.shape[1] != 4:
         raise ValueError(f"image {image_id!r}: {name} must have shape [N, 4], got {array.shape}")
     if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
-        raise ValueError(f"image {image_id!r}: {name} must be real numbers, got dtype {array.dtype}")
+        raise ValueError(
+            f"image {image_id!r}: {name} must be real numbers, got dtype {array.dtype}"
+        )
     array = array.astype(np.float64)
     if not np.all(np.isfinite(array)):
         raise ValueError(f"image {image_id!r}: {name} contains NaN or infinite coordinates")
@@ -113,12 +116,14 @@ def _classes(value, name, image_id, length, length_of, num_classes) -> np.ndarra
     array = array.astype(np.int64)
     if np.any(array < 0):
         raise ValueError(
-            f"image {image_id!r}: {name} has negative classes {np.unique(array[array < 0]).tolist()} "
+            f"image {image_id!r}: {name} has negative classes "
+            f"{np.unique(array[array < 0]).tolist()} "
             "(drop padding before update)"
         )
     if num_classes is not None and np.any(array >= num_classes):
         raise ValueError(
-            f"image {image_id!r}: {name} has classes {np.unique(array[array >= num_classes]).tolist()}"
+            f"image {image_id!r}: {name} has classes "
+            f"{np.unique(array[array >= num_classes]).tolist()}"
             f" outside [0, {num_classes})"
         )
     return array

@@ -31,7 +31,9 @@ def _dataset_length(dataset) -> int | None:
     return cardinality if cardinality >= 0 else None
 
 
-def split_batch(targets: dict, detections: dict, image_size=None, first_index: int = 0) -> list[dict]:
+def split_batch(
+    targets: dict, detections: dict, image_size=None, first_index: int = 0
+) -> list[dict]:
     """Turns one evaluation batch and the model's detections into per-image `update` arguments.
 
     Boxes are divided by `targets["scale"]` and clipped to `targets["original_size"]`, so both gt

@@ -114,7 +114,7 @@ class VOCEvaluator(ImageAccumulator):
         super().__init__(class_names=class_names)
 
     def result(self) -> dict:
-        """Computes AP for every class from everything added so far; layout in the class docstring."""
+        """AP of every class from everything added so far; layout in the class docstring."""
         per_class = {c: self._evaluate_class(c) for c in self._class_indices()}
         aps = [entry["AP"] for entry in per_class.values() if entry["num_gt"] > 0]
         return {
