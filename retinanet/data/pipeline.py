@@ -1,0 +1,312 @@
+"""Training and evaluation batches from a DetectionDataset (see docs/CONTRACTS.md).
+
+Per image: decode, resize keeping the aspect ratio, in training scale-jitter + random crop and
+random horizontal flip, pad bottom/right (so box coordinates are unchanged) to a multiple of
+128; then batch with boxes padded to `max_boxes` with -1.
+
+Resizing, for an image of height H and width W:
+  image_size=None:                 scale 1 (native size).
+  image_size=S (int):              scale = S / max(H, W), canvas S x S rounded up to a
+                                   multiple of 128 (TF Model Garden's fixed square).
+  image_size=(min_side, max_side): scale = min(min_side / min(H, W), max_side / max(H, W))
+                                   (detectron2's ResizeShortestEdge); canvas the resized size
+                                   rounded up to multiples of 128; batches pad to the largest.
+The resized image is round(H * scale) x round(W * scale); boxes are multiplied by the one
+`scale` for both axes (per-axis rounding error < 0.5 px / side), so eval boxes / scale give
+back the original boxes exactly.
+
+Training: scale *= uniform(scale_range); if the result exceeds the canvas, a random crop of
+the canvas size is taken (boxes shifted, clipped, and dropped when nothing of them is left);
+then a random horizontal flip (x1' = w - x2, x2' = w - x1 on the cropped width w); crowd
+boxes are dropped. Random numbers come from stateless ops seeded per image from
+tf.data.Dataset.random(seed), so with `seed` and `deterministic=True` the batches are
+identical run to run (and differ epoch to epoch).
+
+Why plain tf ops and not keras.layers.RandomFlip / RandomZoom / Resizing with bounding boxes:
+Keras' Resizing(pad_to_aspect_ratio=True) pads on both sides, which shifts boxes, where the
+contract wants bottom/right padding; its random layers draw from a SeedGenerator variable
+that is neither per-image reproducible inside a parallel tf.data map nor aware of our -1
+padding; and crop-with-box-dropping is not one of its layers. The ops here are short and
+tested by hand.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from retinanet.data.dataset import DetectionDataset
+
+SIZE_MULTIPLE = 128
+MODES = ("train", "eval")
+
+
+def _round_up(value, multiple=SIZE_MULTIPLE):
+    return (value + multiple - 1) // multiple * multiple
+
+
+def _validate_image_size(image_size):
+    if image_size is None:
+        return None
+    if isinstance(image_size, bool):
+        raise ValueError(f"image_size must be None, an int or (min_side, max_side), got "
+                         f"{image_size!r}")
+    if isinstance(image_size, int):
+        if image_size < 32:
+            raise ValueError(f"image_size must be >= 32, got {image_size}")
+        return int(image_size)
+    try:
+        min_side, max_side = (int(v) for v in image_size)
+    except (TypeError, ValueError):
+        raise ValueError(f"image_size must be None, an int or (min_side, max_side), got "
+                         f"{image_size!r}") from None
+    if not 32 <= min_side <= max_side:
+        raise ValueError(f"image_size (min_side, max_side) needs 32 <= min_side <= max_side, "
+                         f"got {image_size!r}")
+    return (min_side, max_side)
+
+
+def resize_scale_and_canvas(height, width, image_size):
+    """The resize factor and padded canvas size for an image (see the module docstring).
+
+    Args:
+      height, width: int32 scalar tensors, the original size.
+      image_size: None, int or (min_side, max_side).
+    Returns:
+      (scale float32 scalar, canvas int32 [2] as (height, width), multiples of 128).
+    """
+    h = tf.cast(height, tf.float32)
+    w = tf.cast(width, tf.float32)
+    if image_size is None:
+        scale = tf.constant(1.0)
+        canvas = tf.stack([height, width])
+    elif isinstance(image_size, int):
+        scale = image_size / tf.maximum(h, w)
+        canvas = tf.constant([image_size, image_size])
+    else:
+        min_side, max_side = image_size
+        scale = tf.minimum(min_side / tf.minimum(h, w), max_side / tf.maximum(h, w))
+        canvas = tf.cast(tf.round(tf.stack([h, w]) * scale), tf.int32)
+    return scale, _round_up(tf.cast(canvas, tf.int32))
+
+
+def _resize(image, scale):
+    """Resizes uint8/float [H, W, 3] by scale; returns (float32 image, (h, w) int32)."""
+    shape = tf.shape(image)[:2]
+    size = tf.maximum(tf.cast(tf.round(tf.cast(shape, tf.float32) * scale), tf.int32), 1)
+    image = tf.cond(tf.reduce_all(tf.equal(size, shape)),
+                    lambda: tf.cast(image, tf.float32),
+                    lambda: tf.image.resize(image, size, method="bilinear"))
+    return image, size
+
+
+def _pad_image(image, canvas, image_size):
+    """Pads float32 [h, w, 3] bottom/right with 0 to canvas (h <= canvas[0], w <= canvas[1])."""
+    size = tf.shape(image)[:2]
+    image = tf.pad(image, [[0, canvas[0] - size[0]], [0, canvas[1] - size[1]], [0, 0]])
+    if isinstance(image_size, int):
+        side = _round_up(image_size)
+        image.set_shape([side, side, 3])
+    else:
+        image.set_shape([None, None, 3])
+    return image
+
+
+def _pad_boxes(values, max_boxes, image_id, pad_value):
+    """Pads the first axis of values [N, ...] to max_boxes with pad_value (N > max: error)."""
+    count = tf.shape(values)[0]
+    tf.debugging.Assert(count <= max_boxes, [
+        tf.strings.join(["image ", image_id, ": more boxes than max_boxes, raise max_boxes; "
+                         "boxes and max_boxes:"]), count, max_boxes])
+    padding = [[0, max_boxes - count]] + [[0, 0]] * (len(values.shape) - 1)
+    padded = tf.pad(values, padding, constant_values=pad_value)
+    padded.set_shape([max_boxes] + values.shape.as_list()[1:])
+    return padded
+
+
+def eval_transform(example, image_size, max_boxes):
+    """One example dict -> (image float32 [Hc, Wc, 3], targets) for evaluation."""
+    image = example["image"]
+    original_size = tf.shape(image)[:2]
+    scale, canvas = resize_scale_and_canvas(original_size[0], original_size[1], image_size)
+    image, _ = _resize(image, scale)
+    image_id = example["image_id"]
+    targets = {
+        "boxes": _pad_boxes(example["boxes"] * scale, max_boxes, image_id, -1.0),
+        "classes": _pad_boxes(example["classes"], max_boxes, image_id, -1),
+        "image_id": image_id,
+        "scale": scale,
+        "original_size": original_size,
+        "is_crowd": _pad_boxes(example["is_crowd"], max_boxes, image_id, False),
+        "difficult": _pad_boxes(example["difficult"], max_boxes, image_id, False),
+    }
+    return _pad_image(image, canvas, image_size), targets
+
+
+def train_transform(example, random_seed, image_size, max_boxes, scale_range,
+                    horizontal_flip):
+    """One example dict -> (image float32 [Hc, Wc, 3], {"boxes", "classes"}) for training.
+
+    Args:
+      random_seed: int64 scalar; every random number for this image derives from it.
+    """
+    seeds = tf.random.experimental.stateless_split(
+        tf.stack([random_seed, tf.constant(0, tf.int64)]), num=3)
+    keep = tf.logical_not(example["is_crowd"])
+    boxes = tf.boolean_mask(example["boxes"], keep)
+    classes = tf.boolean_mask(example["classes"], keep)
+
+    image = example["image"]
+    original_size = tf.shape(image)[:2]
+    scale, canvas = resize_scale_and_canvas(original_size[0], original_size[1], image_size)
+    low, high = scale_range
+    if low != high or low != 1.0:
+        scale *= tf.random.stateless_uniform([], seeds[0], minval=low, maxval=high)
+    image, size = _resize(image, scale)
+    boxes *= scale
+
+    # Random crop to the canvas where the jittered image is larger.
+    crop = tf.minimum(size, canvas)
+    offset = tf.cast(tf.random.stateless_uniform([2], seeds[1]) *
+                     tf.cast(size - crop + 1, tf.float32), tf.int32)
+    offset = tf.minimum(offset, size - crop)
+    image = image[offset[0]:offset[0] + crop[0], offset[1]:offset[1] + crop[1]]
+    shift = tf.cast(tf.stack([offset[1], offset[0], offset[1], offset[0]]), tf.float32)
+    limit = tf.cast(tf.stack([crop[1], crop[0], crop[1], crop[0]]), tf.float32)
+    boxes = tf.clip_by_value(boxes - shift, 0.0, limit)
+    visible = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    boxes = tf.boolean_mask(boxes, visible)
+    classes = tf.boolean_mask(classes, visible)
+
+    if horizontal_flip:
+        flip = tf.random.stateless_uniform([], seeds[2]) < 0.5
+        crop_width = tf.cast(crop[1], tf.float32)
+        image = tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
+        flipped = tf.stack([crop_width - boxes[:, 2], boxes[:, 1],
+                            crop_width - boxes[:, 0], boxes[:, 3]], axis=1)
+        boxes = tf.where(flip, flipped, boxes)
+
+    image_id = example["image_id"]
+    targets = {"boxes": _pad_boxes(boxes, max_boxes, image_id, -1.0),
+               "classes": _pad_boxes(classes, max_boxes, image_id, -1)}
+    return _pad_image(image, canvas, image_size), targets
+
+
+def pipeline(dataset, mode: str = "train", batch_size: int = 8, image_size=None, *,
+             max_boxes: int = 100, horizontal_flip: bool = True,
+             scale_range=(0.8, 1.25), seed: int | None = None, deterministic: bool | None = None,
+             cache=False, shuffle_buffer: int | None = None,
+             drop_remainder: bool | None = None) -> tf.data.Dataset:
+    """Batches of (images, targets) as in docs/CONTRACTS.md.
+
+    Args:
+      dataset: a DetectionDataset, or a tf.data.Dataset of example dicts.
+      mode: "train" (shuffle, scale jitter, crop, flip, crowd boxes dropped) or "eval"
+        (resize and pad only; targets keep image_id, scale, original_size, is_crowd,
+        difficult).
+      batch_size: images per batch.
+      image_size: None (native size), int S (fixed S x S canvas), or (min_side, max_side).
+      max_boxes: M, boxes per image after padding; an image with more fails with an error
+        naming it.
+      horizontal_flip: random horizontal flip in training.
+      scale_range: (low, high) of the training scale jitter; (1, 1) turns it off.
+      seed: int seeding shuffle and augmentation.
+      deterministic: keep element order fixed; in training it needs a seed, and then the
+        same seed gives the same batches. False lets parallel maps return elements out of
+        order, which is faster. Default: False for train, True for eval (records order).
+      cache: False, True (in memory) or a file path prefix. Training caches decoded images
+        (before augmentation); evaluation caches the resized, padded images.
+      shuffle_buffer: training shuffle buffer; default the whole dataset when shuffling
+        file names (no cache), 1024 decoded images when cached.
+      drop_remainder: default True for train (static batch size), False for eval.
+
+    Returns:
+      tf.data.Dataset of (images float32 [B, H, W, 3] 0-255 with H, W multiples of 128,
+      targets {"boxes" float32 [B, M, 4] xyxy padded with -1, "classes" int32 [B, M] padded
+      with -1, and in eval "image_id" string [B], "scale" float32 [B], "original_size" int32
+      [B, 2] (height, width), "is_crowd", "difficult" bool [B, M] padded with False}).
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if isinstance(max_boxes, bool) or not isinstance(max_boxes, int) or max_boxes < 1:
+        raise ValueError(f"max_boxes must be a positive int, got {max_boxes!r}")
+    image_size = _validate_image_size(image_size)
+    try:
+        low, high = (float(v) for v in scale_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"scale_range must be (low, high), got {scale_range!r}") from None
+    if not 0 < low <= high:
+        raise ValueError(f"scale_range needs 0 < low <= high, got {scale_range!r}")
+    if deterministic is None:
+        deterministic = mode == "eval"
+    if deterministic and seed is None and mode == "train":
+        raise ValueError("deterministic=True needs a seed in train mode")
+    if shuffle_buffer is not None and shuffle_buffer < 1:
+        raise ValueError(f"shuffle_buffer must be >= 1, got {shuffle_buffer}")
+
+    if isinstance(dataset, DetectionDataset):
+        source, decode, length = dataset.source(), dataset.decode, len(dataset)
+    elif isinstance(dataset, tf.data.Dataset):
+        source, length = dataset, int(dataset.cardinality())
+
+        def decode(element):
+            return element
+    else:
+        raise ValueError(f"dataset must be a DetectionDataset or tf.data.Dataset, got "
+                         f"{type(dataset).__name__}")
+    if drop_remainder is None:
+        drop_remainder = mode == "train"
+    if drop_remainder and 0 <= length < batch_size:
+        raise ValueError(f"batch_size {batch_size} is larger than the dataset ({length} "
+                         "images) and drop_remainder is on: no batch would come out")
+
+    def decode_element(element):
+        return decode(*element) if isinstance(element, tuple) else decode(element)
+
+    autotune = tf.data.AUTOTUNE
+    if mode == "train":
+        if cache is not False:
+            data = source.map(decode_element, num_parallel_calls=autotune,
+                              deterministic=deterministic)
+            data = data.cache("" if cache is True else str(cache))
+            buffer = shuffle_buffer or (min(length, 1024) if length > 0 else 1024)
+            decode_step = None
+        else:
+            data = source
+            buffer = shuffle_buffer or (length if length > 0 else 1024)
+            decode_step = decode_element
+        data = data.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+        randoms = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+        data = tf.data.Dataset.zip((data, randoms))
+
+        def transform(element, random_seed):
+            example = decode_step(element) if decode_step else element
+            return train_transform(example, random_seed, image_size, max_boxes, (low, high),
+                                   horizontal_flip)
+
+        data = data.map(transform, num_parallel_calls=autotune, deterministic=deterministic)
+    else:
+        def transform(*element):
+            element = element[0] if len(element) == 1 else element
+            return eval_transform(decode_element(element), image_size, max_boxes)
+
+        data = source.map(transform, num_parallel_calls=autotune, deterministic=deterministic)
+        if cache is not False:
+            data = data.cache("" if cache is True else str(cache))
+
+    # Targets are already padded to max_boxes; padded_batch only pads images of different
+    # canvases (min/max sides or native size) with 0 to the batch's largest, bottom/right.
+    data = data.padded_batch(batch_size, drop_remainder=drop_remainder)
+    options = tf.data.Options()
+    options.deterministic = bool(deterministic)
+    return data.with_options(options).prefetch(autotune)
+
+
+def to_keras_cv(images, targets):
+    """A batch -> the keras-cv layout {"images", "bounding_boxes": {"boxes", "classes"}}.
+
+    Use as `pipeline(...).map(to_keras_cv)`; boxes stay xyxy, padded with -1.
+    """
+    return {"images": images,
+            "bounding_boxes": {"boxes": targets["boxes"], "classes": targets["classes"]}}

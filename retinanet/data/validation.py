@@ -1,0 +1,328 @@
+"""Validation shared by the readers: image probing, box checks and the skip/raise policy.
+
+Every reader parses its annotations eagerly in Python, then runs each image and box through
+the helpers here. A problem either raises ``ValueError("<file>: <problem>")`` at once, or, with
+``skip_invalid=True``, skips the image or box and counts it; ``Problems.finish`` then logs all
+the counts in one warning line. Nothing is dropped silently.
+
+Corrupt images: a corrupt image is only certain at decode time, and a decode error inside
+tf.data cannot name the file. So the readers probe each image eagerly and cheaply (the default
+``check_images="header"``): the file must exist, start with a JPEG/PNG/GIF/BMP/WebP signature,
+have a readable header (its size), and a JPEG/PNG/GIF must end with its end marker (EOI, IEND,
+trailer). A file that fails the end-marker test is decoded once with TensorFlow, the same
+decoder the pipeline uses, so truncated files are caught here with their name. Damage in the
+middle of a file that leaves header and end marker intact is only caught with
+``check_images="decode"`` (a full eager decode of every image, slower); otherwise it surfaces
+as a ``tf.errors.InvalidArgumentError`` from the decode op while iterating.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+import os
+import warnings
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+CHECK_IMAGES_CHOICES = ("header", "decode", "none")
+
+# Problem kinds, used both in error messages and in the skip counts.
+MISSING_IMAGE = "missing image"
+CORRUPT_IMAGE = "corrupt image"
+UNPARSABLE = "unparsable annotation"
+UNKNOWN_CLASS = "unknown class"
+EMPTY_BOX = "box with x2 <= x1 or y2 <= y1"
+OUTSIDE_BOX = "box outside the image"
+NON_FINITE_BOX = "box with non-finite coordinates"
+
+
+class DataWarning(UserWarning):
+    """The one warning a reader emits when it skipped invalid input."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """The parsed annotations of one image, available without decoding the image.
+
+    Attributes:
+      image_id: str, unique within the dataset (COCO: the numeric id as a string; VOC, CSV,
+        YOLO: the file name without extension; shapes: the index).
+      path: str or None, the image file (None for generated or TFDS images).
+      height, width: int, the image size in pixels (read from the image header).
+      boxes: float32 [N, 4], xyxy, absolute pixels, clipped to the image.
+      classes: int32 [N], 0-based into the dataset's class_names.
+      is_crowd: bool [N] (COCO iscrowd; False elsewhere).
+      difficult: bool [N] (VOC difficult; False elsewhere).
+    """
+
+    image_id: str
+    path: str | None
+    height: int
+    width: int
+    boxes: np.ndarray
+    classes: np.ndarray
+    is_crowd: np.ndarray
+    difficult: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+
+@dataclasses.dataclass
+class RawObject:
+    """One object as a reader parsed it, before validation.
+
+    box is xyxy in continuous absolute pixel coordinates, already converted from the file's
+    convention (VOC 1-based, COCO xywh, YOLO normalised); `where` locates it for messages.
+    """
+
+    label: object
+    box: Sequence[float]
+    where: str
+    is_crowd: bool = False
+    difficult: bool = False
+
+
+class Problems:
+    """Raises on the first problem, or counts skipped images and boxes when skip_invalid.
+
+    Args:
+      reader: str, names the call in the warning, e.g. "from_voc('data/raccoon')".
+      skip_invalid: bool, skip and count instead of raising.
+    """
+
+    def __init__(self, reader: str, skip_invalid: bool):
+        self.reader = reader
+        self.skip_invalid = bool(skip_invalid)
+        self.images: collections.Counter = collections.Counter()
+        self.boxes: collections.Counter = collections.Counter()
+
+    def image(self, file: str, kind: str, detail: str = "") -> None:
+        """Reports a problem that invalidates a whole image (which is then skipped)."""
+        self._report(self.images, file, kind, detail)
+
+    def box(self, file: str, kind: str, detail: str = "") -> None:
+        """Reports a problem with one box (which is then skipped)."""
+        self._report(self.boxes, file, kind, detail)
+
+    def _report(self, counter, file, kind, detail):
+        if not self.skip_invalid:
+            raise ValueError(f"{file}: {kind}" + (f": {detail}" if detail else "")
+                             + " (pass skip_invalid=True to skip such input and count it)")
+        counter[kind] += 1
+
+    @property
+    def counts(self) -> dict:
+        """{"images": {kind: n}, "boxes": {kind: n}} of what was skipped."""
+        return {"images": dict(self.images), "boxes": dict(self.boxes)}
+
+    def finish(self, num_images: int, source: str) -> None:
+        """Logs the one skip warning, and raises if no image is left."""
+        parts = []
+        for name, counter in (("images", self.images), ("boxes", self.boxes)):
+            if counter:
+                detail = ", ".join(f"{n} {kind}" for kind, n in sorted(counter.items()))
+                parts.append(f"{sum(counter.values())} {name} ({detail})")
+        if parts:
+            warnings.warn(f"{self.reader}: skipped {' and '.join(parts)} because "
+                          "skip_invalid=True", DataWarning, stacklevel=3)
+        if num_images == 0:
+            skipped = sum(self.images.values())
+            reason = f" ({skipped} images skipped as invalid)" if skipped else ""
+            raise ValueError(f"{source}: empty dataset, no images found{reason}")
+
+
+def validate_check_images(check_images: str) -> str:
+    if check_images not in CHECK_IMAGES_CHOICES:
+        raise ValueError(f"check_images must be one of {CHECK_IMAGES_CHOICES}, "
+                         f"got {check_images!r}")
+    return check_images
+
+
+def make_record(image_id: str, path: str | None, height: int, width: int,
+                objects: Iterable[RawObject], class_index: Mapping, file: str,
+                problems: Problems) -> Record:
+    """Validates and clips the objects of one image and builds its Record.
+
+    Per object: an unknown label, non-finite coordinates, x2 <= x1 or y2 <= y1, or a box with
+    no overlap with the image (clipped width or height 0) is a problem; a box partly outside
+    is clipped to [0, width] x [0, height].
+
+    Args:
+      class_index: maps each raw label to its 0-based class id.
+      file: the annotation file named in messages.
+    """
+    boxes, classes, crowd, difficult = [], [], [], []
+    for obj in objects:
+        class_id = class_index.get(obj.label)
+        if class_id is None:
+            problems.box(file, UNKNOWN_CLASS, f"{obj.where}: {obj.label!r} is not one of "
+                         f"{_short_list(list(class_index))}")
+            continue
+        x1, y1, x2, y2 = (float(v) for v in obj.box)
+        coords = f"({x1:g}, {y1:g}, {x2:g}, {y2:g})"
+        if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+            problems.box(file, NON_FINITE_BOX, f"{obj.where}: {coords}")
+            continue
+        if x2 <= x1 or y2 <= y1:
+            problems.box(file, EMPTY_BOX, f"{obj.where}: xyxy {coords}")
+            continue
+        cx1, cy1 = min(max(x1, 0.0), width), min(max(y1, 0.0), height)
+        cx2, cy2 = min(max(x2, 0.0), width), min(max(y2, 0.0), height)
+        if cx2 <= cx1 or cy2 <= cy1:
+            problems.box(file, OUTSIDE_BOX, f"{obj.where}: xyxy {coords} does not overlap "
+                         f"the {width}x{height} image")
+            continue
+        boxes.append((cx1, cy1, cx2, cy2))
+        classes.append(class_id)
+        crowd.append(bool(obj.is_crowd))
+        difficult.append(bool(obj.difficult))
+    return Record(
+        image_id=str(image_id), path=path, height=int(height), width=int(width),
+        boxes=np.asarray(boxes, np.float32).reshape(-1, 4),
+        classes=np.asarray(classes, np.int32).reshape(-1),
+        is_crowd=np.asarray(crowd, bool).reshape(-1),
+        difficult=np.asarray(difficult, bool).reshape(-1))
+
+
+def _short_list(items, limit=10):
+    shown = ", ".join(repr(i) for i in items[:limit])
+    return f"[{shown}{', ...' if len(items) > limit else ''}]"
+
+
+class ImageProblem(Exception):
+    """Raised by probe_image; carries one of the problem kinds and a detail."""
+
+    def __init__(self, kind: str, detail: str):
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.detail = detail
+
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+
+
+def _sniff(head: bytes) -> str | None:
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if head.startswith(b"BM"):
+        return "bmp"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
+def _ends_complete(image_format: str, tail: bytes) -> bool:
+    # Entropy-coded JPEG data escapes 0xFF, so FF D9 near the end can only be the EOI marker.
+    if image_format == "jpeg":
+        return b"\xff\xd9" in tail
+    if image_format == "png":
+        return b"IEND" in tail
+    if image_format == "gif":
+        return tail.rstrip(b"\x00").endswith(b";")
+    return False  # BMP and WebP are rare: always fully decoded.
+
+
+def _header_size(path: str):
+    """(height, width) from the header with PIL, or None where PIL is absent or fails."""
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - pillow comes with matplotlib
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as image:
+                width, height = image.size
+        return int(height), int(width)
+    except Exception:  # noqa: BLE001 - any PIL failure falls back to TensorFlow
+        return None
+
+
+def _tf_decode_size(path: str):
+    import tensorflow as tf
+
+    try:
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3,
+                                   expand_animations=False)
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:
+        message = str(error).split("\n")[0]
+        message = message.split("}}")[-1].strip() or "decode failed"
+        raise ImageProblem(CORRUPT_IMAGE, f"cannot be decoded ({message})") from None
+    return int(image.shape[0]), int(image.shape[1])
+
+
+def probe_image(path: str, check_images: str = "header"):
+    """Checks an image file cheaply and returns its (height, width).
+
+    Args:
+      path: the image file.
+      check_images: "header" (signature, header and end marker; a full decode only where the
+        end marker is missing), "decode" (always decode fully), or "none" (only that the file
+        exists; returns None).
+    Raises:
+      ImageProblem with kind MISSING_IMAGE or CORRUPT_IMAGE.
+    """
+    if not os.path.isfile(path):
+        raise ImageProblem(MISSING_IMAGE, f"file not found: {path}")
+    if check_images == "none":
+        return None
+    size = os.path.getsize(path)
+    if size == 0:
+        raise ImageProblem(CORRUPT_IMAGE, f"{path} is empty")
+    with open(path, "rb") as file:
+        head = file.read(16)
+        file.seek(max(0, size - 64))
+        tail = file.read()
+    image_format = _sniff(head)
+    if image_format is None:
+        raise ImageProblem(CORRUPT_IMAGE, f"{path} is not a JPEG, PNG, GIF, BMP or WebP file")
+    header = _header_size(path)
+    if check_images == "decode" or header is None or not _ends_complete(image_format, tail):
+        decoded = _tf_decode_size(path)
+        if header is not None and header != decoded:
+            raise ImageProblem(CORRUPT_IMAGE, f"{path}: header says {header[1]}x{header[0]} "
+                               f"but decodes to {decoded[1]}x{decoded[0]}")
+        return decoded
+    return header
+
+
+def check_image(path: str, file: str, check_images: str, problems: Problems,
+                annotated_size=None):
+    """probe_image, reporting failures to `problems`; returns (height, width) or None.
+
+    With check_images="none" the size comes from the annotation (`annotated_size`, as
+    (height, width)); where the annotation lacks it the header is read anyway.
+    """
+    try:
+        if check_images == "none" and not _valid_size(annotated_size):
+            return probe_image(path, "header")
+        size = probe_image(path, check_images)
+    except ImageProblem as problem:
+        problems.image(file, problem.kind, problem.detail)
+        return None
+    return size if size is not None else tuple(int(v) for v in annotated_size)
+
+
+def _valid_size(size) -> bool:
+    try:
+        return size is not None and all(int(v) > 0 for v in size)
+    except (TypeError, ValueError):
+        return False
+
+
+def list_images(folder: str):
+    """Image files under `folder`, recursively, sorted; paths relative to `folder`."""
+    found = []
+    for directory, _, names in os.walk(folder):
+        for name in names:
+            if name.lower().endswith(IMAGE_EXTENSIONS):
+                found.append(os.path.relpath(os.path.join(directory, name), folder))
+    return sorted(found)

@@ -1,0 +1,191 @@
+"""YOLO (Darknet / Ultralytics) txt reader.
+
+Layout: root/images/**/<name>.<ext> and root/labels/**/<name>.txt (the same relative path),
+one `class cx cy w h` line per box, all four normalised to [0, 1] by the image's own width and
+height. We read each image's size from its header and convert:
+    x1 = (cx - w / 2) * width,  y1 = (cy - h / 2) * height,
+    x2 = (cx + w / 2) * width,  y2 = (cy + h / 2) * height,
+in float64 and without rounding (YOLO files carry ~6 decimals, so boxes land within ~1e-3 px
+of the pixel grid), then clip to the image. An image without a label file has no boxes.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+
+from retinanet.data.dataset import DetectionDataset, validate_class_names
+from retinanet.data.validation import (MISSING_IMAGE, UNPARSABLE, Problems, RawObject,
+                                       check_image, list_images, make_record,
+                                       validate_check_images)
+
+
+def yolo_box_to_xyxy(cx: float, cy: float, w: float, h: float, width: int, height: int):
+    """Normalised YOLO (cx, cy, w, h) -> absolute xyxy for an image of width x height."""
+    return ((cx - w / 2) * width, (cy - h / 2) * height,
+            (cx + w / 2) * width, (cy + h / 2) * height)
+
+
+def _scalar(text: str):
+    text = text.strip()
+    if text[:1] in "'\"":
+        try:
+            return str(ast.literal_eval(text))
+        except (ValueError, SyntaxError):
+            return text.strip("'\"")
+    return text
+
+
+def parse_yaml_names(text: str):
+    """The `names:` of a YOLO data.yaml, in the forms YOLO tools write, without PyYAML.
+
+    Handles `names: [a, b]` (flow list), a block list (`- a`) and a block mapping (`0: a`).
+    Returns the list of names in id order, or None if there is no `names:` key.
+    """
+    lines = text.splitlines()
+    for number, line in enumerate(lines):
+        match = re.match(r"^names\s*:\s*(.*?)\s*(#.*)?$", line)
+        if not match:
+            continue
+        rest = match.group(1)
+        if rest.startswith("["):
+            inner = rest.strip("[]")
+            return [_scalar(item) for item in re.findall(
+                r"""'[^']*'|"[^"]*"|[^,]+""", inner) if item.strip()]
+        if rest.startswith("{"):
+            pairs = re.findall(r"""(\d+)\s*:\s*('[^']*'|"[^"]*"|[^,}]+)""", rest)
+            return [_scalar(v) for _, v in sorted(pairs, key=lambda p: int(p[0]))]
+        items, mapping = [], {}
+        for block in lines[number + 1:]:
+            if not block.strip() or block.lstrip().startswith("#"):
+                continue
+            if not block[:1].isspace():
+                break
+            entry = block.strip()
+            if entry.startswith("- "):
+                items.append(_scalar(entry[2:]))
+            else:
+                key, _, value = entry.partition(":")
+                mapping[int(key)] = _scalar(value)
+        return items or [mapping[k] for k in sorted(mapping)]
+    return None
+
+
+def _yaml_names(text: str):
+    try:
+        import yaml
+    except ImportError:
+        return parse_yaml_names(text)
+    data = yaml.safe_load(text)
+    names = data.get("names") if isinstance(data, dict) else None
+    if isinstance(names, dict):
+        names = [names[k] for k in sorted(names)]
+    return names
+
+
+def _read_class_names(root: str):
+    classes_txt = os.path.join(root, "classes.txt")
+    if os.path.isfile(classes_txt):
+        with open(classes_txt, encoding="utf-8") as file:
+            return [line.strip() for line in file if line.strip()], classes_txt
+    for name in ("data.yaml", "dataset.yaml"):
+        path = os.path.join(root, name)
+        if not os.path.isfile(path):
+            continue
+        with open(path, encoding="utf-8") as file:
+            text = file.read()
+        try:
+            names = _yaml_names(text)
+        except Exception as error:  # noqa: BLE001 - any parse failure names the file
+            raise ValueError(f"{path}: cannot read 'names' ({error})") from None
+        if names:
+            return [str(n) for n in names], path
+    return None, None
+
+
+def from_yolo(root: str, class_names=None, *, split: str | None = None,
+              skip_invalid: bool = False, check_images: str = "header") -> DetectionDataset:
+    """Reads a YOLO txt dataset.
+
+    Args:
+      root: folder with images/ and labels/ (and classes.txt or data.yaml).
+      class_names: list of str; default from root/classes.txt (one name per line) or the
+        `names:` of root/data.yaml (list or {id: name} mapping).
+      split: optional subfolder, i.e. images/<split>/ and labels/<split>/.
+      skip_invalid: skip and count invalid images and boxes instead of raising ValueError.
+      check_images: "header" or "decode"; the size always comes from the image itself.
+
+    Returns:
+      DetectionDataset, image_id the image path under images/ without extension.
+    Raises:
+      ValueError naming the file: a label file without its image, a missing or corrupt image,
+      a malformed line, an unknown class id, w or h <= 0, a box outside the image, an empty
+      dataset, no class names.
+    """
+    check_images = validate_check_images(check_images)
+    if check_images == "none":
+        check_images = "header"  # normalised boxes need each image's real size
+    root = os.fspath(root)
+    image_dir = os.path.join(root, "images", *([split] if split else []))
+    label_dir = os.path.join(root, "labels", *([split] if split else []))
+    if not os.path.isdir(image_dir):
+        raise ValueError(f"root {root!r}: image folder {image_dir} not found")
+    if class_names is None:
+        class_names, source = _read_class_names(root)
+        if class_names is None:
+            raise ValueError(f"root {root!r}: no classes.txt or data.yaml with names; pass "
+                             "class_names")
+        class_names = validate_class_names(class_names, f"class names in {source}")
+    else:
+        class_names = validate_class_names(class_names)
+    class_index = {i: i for i in range(len(class_names))}
+    problems = Problems(f"from_yolo({root!r})", skip_invalid)
+
+    images = list_images(image_dir)
+    stems = {os.path.splitext(p)[0] for p in images}
+    if os.path.isdir(label_dir):
+        for directory, _, names in os.walk(label_dir):
+            for name in sorted(names):
+                label_file = os.path.join(directory, name)
+                stem = os.path.splitext(os.path.relpath(label_file, label_dir))[0]
+                if name.endswith(".txt") and stem not in stems:
+                    problems.image(label_file, MISSING_IMAGE,
+                                   f"no image {stem}.* under {image_dir}")
+
+    records = []
+    for relative in images:
+        stem = os.path.splitext(relative)[0]
+        path = os.path.join(image_dir, relative)
+        label_file = os.path.join(label_dir, stem + ".txt")
+        size = check_image(path, path, check_images, problems)
+        if size is None:
+            continue
+        height, width = size
+        objects = []
+        if os.path.isfile(label_file):
+            with open(label_file, encoding="utf-8") as file:
+                lines = file.read().splitlines()
+            for number, line in enumerate(lines, start=1):
+                fields = line.split()
+                if not fields:
+                    continue
+                where = f"line {number}"
+                try:
+                    if len(fields) != 5:
+                        raise ValueError
+                    label = float(fields[0])
+                    cx, cy, w, h = (float(v) for v in fields[1:])
+                    if label != int(label):
+                        raise ValueError
+                except ValueError:
+                    problems.box(label_file, UNPARSABLE,
+                                 f"{where}: expected 'class cx cy w h', got {line.strip()!r}")
+                    continue
+                objects.append(RawObject(int(label), yolo_box_to_xyxy(cx, cy, w, h, width,
+                                                                      height), where))
+        records.append(make_record(stem, path, height, width, objects, class_index,
+                                   label_file, problems))
+    problems.finish(len(records), image_dir)
+    return DetectionDataset(class_names, records, name=f"yolo:{root}",
+                            skipped=problems.counts)
