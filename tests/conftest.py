@@ -15,3 +15,51 @@ def raccoon_dir():
     if not RACCOON_DIR.is_dir():
         pytest.skip(f"raccoon dataset not found at {RACCOON_DIR}")
     return RACCOON_DIR
+
+
+def make_tiny_backbone():
+    """A five-stage conv net from 0-255 images to strides 8, 16 and 32: fast on a CPU."""
+    import keras
+
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
+    features = []
+    for stage, filters in enumerate([16, 32, 32, 64, 64]):
+        x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", activation="relu")(x)
+        x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
+        if stage >= 2:
+            features.append(x)
+    return keras.Model(inputs, features, name="tiny_backbone")
+
+
+def make_squares(num_images=8, size=128, max_objects=3, seed=0):
+    """Coloured rectangles on dark noise: class = colour. Returns images, padded boxes, classes."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
+    images = rng.uniform(0, 60, (num_images, size, size, 3)).astype("float32")
+    boxes = -np.ones((num_images, max_objects, 4), "float32")
+    classes = -np.ones((num_images, max_objects), "int32")
+    for i in range(num_images):
+        for j in range(rng.integers(1, max_objects + 1)):
+            w, h = rng.integers(20, 60, 2)
+            x, y = rng.integers(0, size - w), rng.integers(0, size - h)
+            c = rng.integers(0, 3)
+            images[i, y : y + h, x : x + w] = colours[c]
+            boxes[i, j] = [x, y, x + w, y + h]
+            classes[i, j] = c
+    return images, boxes, classes
+
+
+@pytest.fixture
+def tiny_retinanet():
+    """A small RetinaNet on the tiny backbone, three classes."""
+    import retinanet
+
+    def build(**kwargs):
+        options = dict(fpn_filters=32, head_filters=32, head_convs=2)
+        options.update(kwargs)
+        return retinanet.RetinaNet(3, backbone=make_tiny_backbone(), **options)
+
+    return build
