@@ -114,11 +114,12 @@ def _pad_image(image, canvas, image_size):
 def _pad_boxes(values, max_boxes, image_id, pad_value):
     """Pads the first axis of values [N, ...] to max_boxes with pad_value (N > max: error)."""
     count = tf.shape(values)[0]
-    tf.debugging.Assert(count <= max_boxes, [
+    check = tf.debugging.Assert(count <= max_boxes, [
         tf.strings.join(["image ", image_id, ": more boxes than max_boxes, raise max_boxes; "
                          "boxes and max_boxes:"]), count, max_boxes])
     padding = [[0, max_boxes - count]] + [[0, 0]] * (len(values.shape) - 1)
-    padded = tf.pad(values, padding, constant_values=pad_value)
+    with tf.control_dependencies([check]):  # before tf.pad fails on a negative padding
+        padded = tf.pad(values, padding, constant_values=pad_value)
     padded.set_shape([max_boxes] + values.shape.as_list()[1:])
     return padded
 
