@@ -39,6 +39,7 @@ class FeaturePyramid(keras.layers.Layer):
         self.upsample = keras.layers.UpSampling2D(2, interpolation="nearest")
 
     def build(self, input_shapes):
+        input_shapes = [tuple(shape) for shape in input_shapes]
         for conv, shape in zip(self.lateral_convs, input_shapes):
             conv.build(shape)
         for conv, shape in zip(self.output_convs, input_shapes):

@@ -1,0 +1,239 @@
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import make_squares, make_tiny_backbone
+
+import retinanet
+from retinanet.evaluation import VOCEvaluator
+from retinanet.model import FeaturePyramid, RetinaNetHead, build_backbone
+
+
+@pytest.fixture(scope="module")
+def resnet50_model():
+    return retinanet.RetinaNet(20, backbone="resnet50")
+
+
+def test_resnet50_512_input_gives_49104_anchors(resnet50_model):
+    outputs = resnet50_model(np.zeros((1, 512, 512, 3), "float32"))
+    assert outputs["cls_logits"].shape == (1, 49104, 20)
+    assert outputs["box_deltas"].shape == (1, 49104, 4)
+    assert outputs["cls_logits"].dtype == tf.float32
+
+
+@pytest.mark.parametrize("shape", [(1, 256, 256), (3, 256, 256), (2, 384, 640), (1, 200, 300)])
+def test_predict_output_shapes(tiny_retinanet, shape):
+    model = tiny_retinanet()
+    # A zero score threshold makes every image produce detections to check.
+    model.postprocessor.score_threshold = 0.0
+    images = np.random.default_rng(0).uniform(0, 255, shape + (3,)).astype("uint8")
+    detections = model.predict(images, verbose=0)
+    batch, height, width = shape
+    assert detections["boxes"].shape == (batch, 100, 4)
+    assert detections["scores"].shape == (batch, 100)
+    assert detections["classes"].shape == (batch, 100)
+    assert detections["num_detections"].shape == (batch,)
+    assert detections["classes"].dtype == np.int32
+    assert np.all(detections["num_detections"] == 100)
+    boxes = detections["boxes"]
+    assert boxes[..., [0, 2]].max() <= width and boxes[..., [1, 3]].max() <= height
+    assert boxes.min() >= 0
+    assert np.all(np.diff(detections["scores"], axis=1) <= 1e-6), "scores must be sorted"
+
+
+def test_padding_of_detections(tiny_retinanet):
+    model = tiny_retinanet()
+    detections = model.predict(np.zeros((2, 128, 128, 3), "float32"), verbose=0)
+    # Random init predicts p = 0.01 < 0.05 everywhere: nothing is detected.
+    assert np.all(detections["num_detections"] == 0)
+    assert np.all(detections["classes"] == -1)
+    assert np.all(detections["scores"] == 0)
+
+
+def test_class_head_prior_and_gaussian_init():
+    head = RetinaNetHead(80, 9, prior_probability=0.01)
+    head.build([(None, 8, 8, 256)])
+    bias = head.output_conv.bias.numpy()
+    np.testing.assert_allclose(bias, -math.log(99), rtol=1e-6)
+    kernel = head.convs[0].kernel.numpy()
+    assert abs(kernel.std() - 0.01) < 0.001 and abs(kernel.mean()) < 0.001
+    assert head.output_conv.kernel.shape == (3, 3, 256, 9 * 80)
+
+
+def test_fpn_levels_and_channels():
+    fpn = FeaturePyramid(filters=64, max_level=7)
+    features = [tf.zeros([2, 32, 48, 8]), tf.zeros([2, 16, 24, 16]), tf.zeros([2, 8, 12, 32])]
+    levels = fpn(features)
+    assert [tuple(level.shape) for level in levels] == [
+        (2, 32, 48, 64), (2, 16, 24, 64), (2, 8, 12, 64), (2, 4, 6, 64), (2, 2, 3, 64)
+    ]
+    # P6 reads C5 (32 channels); P7 reads P6.
+    assert fpn.extra_convs[0].kernel.shape == (3, 3, 32, 64)
+    assert fpn.extra_convs[1].kernel.shape == (3, 3, 64, 64)
+
+
+def test_fpn_and_head_parameter_count_by_hand(resnet50_model):
+    c = 256
+    conv3 = 9 * c * c + c
+    fpn = (512 + 1024 + 2048) * c + 3 * c + 3 * conv3 + (9 * 2048 * c + c) + conv3
+    heads = 2 * 4 * conv3 + (9 * c * 9 * 20 + 9 * 20) + (9 * c * 9 * 4 + 9 * 4)
+    assert resnet50_model.fpn.count_params() == fpn
+    assert (
+        resnet50_model.classification_head.count_params() + resnet50_model.box_head.count_params()
+        == heads
+    )
+    assert resnet50_model.backbone.count_params() == keras.applications.ResNet50(
+        include_top=False, weights=None
+    ).count_params()
+
+
+def test_resnet_preprocessing_matches_keras(resnet50_model):
+    images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    layer = resnet50_model.backbone.get_layer("caffe_preprocessing")
+    expected = keras.applications.resnet50.preprocess_input(images.copy())
+    np.testing.assert_allclose(layer(images), expected, atol=1e-4)
+
+
+def test_frozen_batchnorm_and_freeze_backbone():
+    model = retinanet.RetinaNet(2, backbone="mobilenet_v3_small", fpn_filters=32, head_filters=32)
+    norms = [
+        layer for layer in model.backbone.layers[-1].layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    assert norms and not any(layer.trainable for layer in norms)
+    frozen = retinanet.RetinaNet(2, backbone="mobilenet_v3_small", freeze_backbone=True)
+    assert not frozen.backbone.trainable_weights
+    assert frozen.fpn.trainable_weights and frozen.box_head.trainable_weights
+
+
+def test_backbone_weights_from_a_file(tmp_path):
+    # A weights file of the plain application, as keras.applications would write it.
+    plain = keras.applications.MobileNetV3Small(
+        input_shape=(None, None, 3), include_top=False, weights=None
+    )
+    path = str(tmp_path / "mobilenet.weights.h5")
+    plain.save_weights(path)
+    model = retinanet.RetinaNet(2, backbone="mobilenet_v3_small", backbone_weights=path)
+    assert len(model.backbone.weights) == len(plain.weights)
+    for loaded, saved in zip(model.backbone.weights, plain.weights):
+        np.testing.assert_array_equal(loaded.numpy(), saved.numpy())
+    fresh = retinanet.RetinaNet(2, backbone="mobilenet_v3_small")
+    assert not all(
+        np.array_equal(a.numpy(), b.numpy()) for a, b in zip(fresh.backbone.weights, plain.weights)
+    )
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="backbone"):
+        retinanet.RetinaNet(3, backbone="vgg99")
+    with pytest.raises(ValueError, match="num_classes"):
+        retinanet.RetinaNet(0, backbone=make_tiny_backbone())
+    with pytest.raises(ValueError, match="backbone_weights"):
+        retinanet.RetinaNet(3, backbone="resnet50", backbone_weights="/no/such/file.weights.h5")
+
+
+def _squares_dataset(images, boxes, classes, batch_size=4):
+    return (
+        tf.data.Dataset.from_tensor_slices((images, {"boxes": boxes, "classes": classes}))
+        .shuffle(len(images), seed=0)
+        .repeat()
+        .batch(batch_size)
+    )
+
+
+def _voc_map50(model, images, boxes, classes):
+    detections = model.predict(images, verbose=0)
+    evaluator = VOCEvaluator(class_names=["red", "green", "blue"])
+    for i in range(len(images)):
+        valid = classes[i] >= 0
+        count = detections["num_detections"][i]
+        evaluator.update(
+            str(i), boxes[i][valid], classes[i][valid],
+            detections["boxes"][i][:count], detections["scores"][i][:count],
+            detections["classes"][i][:count],
+        )
+    return evaluator.result()["mAP"]
+
+
+@pytest.mark.slow
+def test_overfits_a_handful_of_images(tiny_retinanet):
+    keras.utils.set_random_seed(1)
+    images, boxes, classes = make_squares(num_images=8)
+    model = tiny_retinanet()
+    model.compile(optimizer=keras.optimizers.Adam(3e-3, clipnorm=10.0))
+    before = [w.numpy().copy() for w in model.trainable_weights]
+    history = model.fit(
+        _squares_dataset(images, boxes, classes), steps_per_epoch=100, epochs=3, verbose=0
+    )
+    losses = history.history["loss"]
+    assert all(np.isfinite(losses)) and losses[-1] < 0.5 * losses[0]
+    assert {"cls_loss", "box_loss", "num_positives"} <= set(history.history)
+    changed = [not np.array_equal(a, b.numpy()) for a, b in zip(before, model.trainable_weights)]
+    assert all(changed)
+    assert all(np.isfinite(w.numpy()).all() for w in model.weights)
+    assert _voc_map50(model, images, boxes, classes) >= 0.9
+
+
+def test_keras_cv_dict_input_trains(tiny_retinanet):
+    images, boxes, classes = make_squares(num_images=4)
+    model = tiny_retinanet()
+    model.compile()
+    dataset = tf.data.Dataset.from_tensor_slices(
+        {"images": images, "bounding_boxes": {"boxes": boxes, "classes": classes}}
+    ).batch(2)
+    history = model.fit(dataset, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    assert history.history["num_positives"][0] > 0
+    results = model.evaluate(dataset, verbose=0, return_dict=True)
+    assert {"loss", "cls_loss", "box_loss"} <= set(results)
+
+
+def test_compile_rejects_a_loss_argument(tiny_retinanet):
+    with pytest.raises(ValueError, match="loss"):
+        tiny_retinanet().compile(loss="mse")
+
+
+def test_missing_targets_are_a_clear_error(tiny_retinanet):
+    model = tiny_retinanet()
+    model.compile()
+    with pytest.raises(ValueError, match="boxes"):
+        model.fit(np.zeros((2, 128, 128, 3), "float32"), np.zeros((2, 3)), verbose=0)
+
+
+def test_keras_file_round_trip(tiny_retinanet, tmp_path):
+    model = tiny_retinanet()
+    model.postprocessor.score_threshold = 0.0
+    images = make_squares(num_images=2)[0]
+    expected = model.predict(images, verbose=0)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)  # safe_mode is on by default
+    assert isinstance(loaded, retinanet.RetinaNet)
+    actual = loaded.predict(images, verbose=0)
+    for key in expected:
+        np.testing.assert_array_equal(actual[key], expected[key])
+
+
+def test_weights_only_round_trip(tiny_retinanet, tmp_path):
+    model = tiny_retinanet()
+    path = str(tmp_path / "model.weights.h5")
+    model.save_weights(path)
+    other = tiny_retinanet()
+    other.load_weights(path)
+    images = make_squares(num_images=1)[0]
+    np.testing.assert_array_equal(
+        model(images)["cls_logits"].numpy(), other(images)["cls_logits"].numpy()
+    )
+
+
+def test_named_backbone_keras_round_trip(tmp_path):
+    model = retinanet.RetinaNet(2, backbone="mobilenet_v3_small", fpn_filters=32, head_filters=32)
+    images = np.random.default_rng(0).uniform(0, 255, (1, 128, 128, 3)).astype("float32")
+    path = str(tmp_path / "mobile.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_allclose(
+        loaded(images)["cls_logits"], model(images)["cls_logits"], atol=1e-6
+    )
