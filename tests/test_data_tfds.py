@@ -103,6 +103,11 @@ def test_voc(tmp_path, name):
             assert images.shape == (1, 128, 128, 3)
             np.testing.assert_allclose(targets["boxes"][0, 0], [30, 20, 45, 40])
             np.testing.assert_array_equal(targets["difficult"][0, :2], [True, False])
+            for cache in (False, True):
+                ((images, targets),) = list(data.pipeline(
+                    dataset, "train", batch_size=1, seed=0, cache=cache, scale_range=(1, 1),
+                    horizontal_flip=False))
+                np.testing.assert_allclose(targets["boxes"][0, 0], [30, 20, 45, 40])
     np.testing.assert_allclose(example["boxes"], [[30, 20, 45, 40]])
     np.testing.assert_array_equal(example["difficult"], [True])
     np.testing.assert_array_equal(example["is_crowd"], [False])

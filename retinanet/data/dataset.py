@@ -91,6 +91,7 @@ class DetectionDataset:
                                  f"[0, {num_classes})")
         self._records = records
         self._records_fn = None
+        self.source_holds_images = False  # source() yields paths or indices: cheap to shuffle
         self._images = images
         self._length = len(records)
         self._source = None
@@ -116,6 +117,7 @@ class DetectionDataset:
         self.category_ids = None if category_ids is None else [int(i) for i in category_ids]
         self._records = None
         self._records_fn = records_fn
+        self.source_holds_images = True  # encoded images: shuffle with a bounded buffer
         self._images = None
         self._length = int(length)
         self._source = source

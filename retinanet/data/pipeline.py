@@ -32,6 +32,8 @@ tested by hand.
 
 from __future__ import annotations
 
+import numbers
+
 import tensorflow as tf
 
 from retinanet.data.dataset import DetectionDataset
@@ -50,7 +52,7 @@ def _validate_image_size(image_size):
     if isinstance(image_size, bool):
         raise ValueError(f"image_size must be None, an int or (min_side, max_side), got "
                          f"{image_size!r}")
-    if isinstance(image_size, int):
+    if isinstance(image_size, numbers.Integral):
         if image_size < 32:
             raise ValueError(f"image_size must be >= 32, got {image_size}")
         return int(image_size)
@@ -216,8 +218,9 @@ def pipeline(dataset, mode: str = "train", batch_size: int = 8, image_size=None,
         order, which is faster. Default: False for train, True for eval (records order).
       cache: False, True (in memory) or a file path prefix. Training caches decoded images
         (before augmentation); evaluation caches the resized, padded images.
-      shuffle_buffer: training shuffle buffer; default the whole dataset when shuffling
-        file names (no cache), 1024 decoded images when cached.
+      shuffle_buffer: training shuffle buffer; default the whole dataset where the readers
+        shuffle file names or indices before decoding (files, shapes; no cache), else 1024
+        examples (cached decoded images, TFDS's encoded images, a tf.data input).
       drop_remainder: default True for train (static batch size), False for eval.
 
     Returns:
@@ -248,8 +251,10 @@ def pipeline(dataset, mode: str = "train", batch_size: int = 8, image_size=None,
 
     if isinstance(dataset, DetectionDataset):
         source, decode, length = dataset.source(), dataset.decode, len(dataset)
+        light_source = not dataset.source_holds_images
     elif isinstance(dataset, tf.data.Dataset):
         source, length = dataset, int(dataset.cardinality())
+        light_source = False
 
         def decode(element):
             return element
@@ -262,8 +267,11 @@ def pipeline(dataset, mode: str = "train", batch_size: int = 8, image_size=None,
         raise ValueError(f"batch_size {batch_size} is larger than the dataset ({length} "
                          "images) and drop_remainder is on: no batch would come out")
 
-    def decode_element(element):
-        return decode(*element) if isinstance(element, tuple) else decode(element)
+    def decode_element(*element):
+        # TFDS sources yield (index, features) tuples, which map() may or may not unpack.
+        if len(element) == 1 and isinstance(element[0], tuple):
+            element = element[0]
+        return decode(*element)
 
     autotune = tf.data.AUTOTUNE
     if mode == "train":
@@ -275,7 +283,8 @@ def pipeline(dataset, mode: str = "train", batch_size: int = 8, image_size=None,
             decode_step = None
         else:
             data = source
-            buffer = shuffle_buffer or (length if length > 0 else 1024)
+            buffer = shuffle_buffer or (length if light_source and length > 0 else
+                                        min(length, 1024) if length > 0 else 1024)
             decode_step = decode_element
         data = data.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
         randoms = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
@@ -289,8 +298,7 @@ def pipeline(dataset, mode: str = "train", batch_size: int = 8, image_size=None,
         data = data.map(transform, num_parallel_calls=autotune, deterministic=deterministic)
     else:
         def transform(*element):
-            element = element[0] if len(element) == 1 else element
-            return eval_transform(decode_element(element), image_size, max_boxes)
+            return eval_transform(decode_element(*element), image_size, max_boxes)
 
         data = source.map(transform, num_parallel_calls=autotune, deterministic=deterministic)
         if cache is not False:
