@@ -300,6 +300,19 @@ def test_truncated_jpeg_is_caught_at_load(tmp_path):
         data.from_csv(csv_file, tmp_path / "images")
 
 
+def test_check_images_decode_decodes_every_image(tmp_path):
+    write_image(tmp_path / "images" / "a.png", 12, 20)
+    (tmp_path / "labels.csv").write_text("filename,class,xmin,ymin,xmax,ymax\n"
+                                        "a.png,dog,1,1,10,10\n")
+    record = data.from_csv(tmp_path / "labels.csv", tmp_path / "images",
+                           check_images="decode").records[0]
+    assert (record.height, record.width) == (12, 20)
+    png = (tmp_path / "images" / "a.png").read_bytes()
+    (tmp_path / "images" / "a.png").write_bytes(png[:len(png) // 2])
+    with pytest.raises(ValueError, match="corrupt image: cannot be decoded"):
+        data.from_csv(tmp_path / "labels.csv", tmp_path / "images", check_images="decode")
+
+
 def test_empty_dataset_raises(tmp_path):
     (tmp_path / "annotations").mkdir()
     with pytest.raises(ValueError, match="empty dataset"):

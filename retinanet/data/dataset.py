@@ -16,8 +16,6 @@ from typing import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from retinanet.data.validation import Record
-
 EXAMPLE_KEYS = ("image", "boxes", "classes", "image_id", "is_crowd", "difficult")
 
 

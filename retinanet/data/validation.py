@@ -43,7 +43,7 @@ class DataWarning(UserWarning):
     """The one warning a reader emits when it skipped invalid input."""
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # eq on numpy fields would be ambiguous
 class Record:
     """The parsed annotations of one image, available without decoding the image.
 
