@@ -114,7 +114,8 @@ def from_yolo(root: str, class_names=None, *, split: str | None = None,
         `names:` of root/data.yaml (list or {id: name} mapping).
       split: optional subfolder, i.e. images/<split>/ and labels/<split>/.
       skip_invalid: skip and count invalid images and boxes instead of raising ValueError.
-      check_images: "header" or "decode"; the size always comes from the image itself.
+      check_images: "header" or "decode" (see validation.py); the size always comes from
+        the image itself.
 
     Returns:
       DetectionDataset, image_id the image path under images/ without extension.
@@ -123,9 +124,9 @@ def from_yolo(root: str, class_names=None, *, split: str | None = None,
       a malformed line, an unknown class id, w or h <= 0, a box outside the image, an empty
       dataset, no class names.
     """
-    check_images = validate_check_images(check_images)
-    if check_images == "none":
-        check_images = "header"  # normalised boxes need each image's real size
+    if validate_check_images(check_images) == "none":
+        raise ValueError("check_images='none' does not apply to from_yolo: normalised boxes "
+                         "need each image's size from its header; use 'header' or 'decode'")
     root = os.fspath(root)
     image_dir = os.path.join(root, "images", *([split] if split else []))
     label_dir = os.path.join(root, "labels", *([split] if split else []))
