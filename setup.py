@@ -12,6 +12,7 @@ setup(
         "tensorflow>=2.16,<3",
         "keras>=3.8,<4",
         "tensorflow-datasets>=4.9",
+        "tensorboard>=2.16",  # the TensorBoard callback of `retinanet train` writes summaries
         "numpy>=1.23",
         "absl-py>=1.0",
         "ml-collections>=0.1.1",

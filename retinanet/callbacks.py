@@ -1,0 +1,175 @@
+"""Keras callbacks of `retinanet train`: atomic checkpoints and a resumable backup.
+
+Every file is written to a temporary name first and then renamed (`os.replace` is atomic on
+POSIX), so a run killed at any moment leaves each checkpoint either at its previous version or
+at its new one, never half written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import keras
+
+
+def _atomic_json(path: str, value):
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as file:
+        json.dump(value, file, indent=2)
+    os.replace(tmp, path)
+
+
+def _read_json(path: str):
+    try:
+        with open(path, encoding="utf-8") as file:
+            return json.load(file)
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+class StepLogger(keras.callbacks.Callback):
+    """Adds the optimizer's step count and learning rate to the epoch logs (CSV, TensorBoard).
+
+    A resumed run shows where it continues: the step keeps counting from the restored
+    optimizer state instead of restarting at 0.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None or self.model.optimizer is None:
+            return
+        optimizer = self.model.optimizer
+        logs["step"] = int(optimizer.iterations.numpy())
+        rate = optimizer.learning_rate
+        logs["learning_rate"] = float(keras.ops.convert_to_numpy(rate))
+
+
+class Checkpoints(keras.callbacks.Callback):
+    """Saves ``last.keras`` after every epoch and ``best.keras`` when ``monitor`` improves.
+
+    The best value and its epoch live in ``best.json`` beside the checkpoints and are read
+    back when training starts again, so a resumed run does not overwrite a better
+    ``best.keras`` with its first epoch.
+
+    Args:
+        directory: folder of the checkpoints (created when missing).
+        monitor: the log key to compare, e.g. "val_AP" (put the callback that writes it first).
+        mode: "max" or "min".
+    """
+
+    def __init__(self, directory: str, monitor: str = "val_AP", mode: str = "max"):
+        super().__init__()
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        self.directory = directory
+        self.monitor = monitor
+        self.mode = mode
+        self.last_path = os.path.join(directory, "last.keras")
+        self.best_path = os.path.join(directory, "best.keras")
+        self.state_path = os.path.join(directory, "best.json")
+        state = _read_json(self.state_path) or {}
+        self.best = state.get(monitor)
+        self.best_epoch = state.get("epoch")
+
+    def _improved(self, value) -> bool:
+        if value is None or not math.isfinite(value):
+            return False
+        if self.best is None:
+            return True
+        return value > self.best if self.mode == "max" else value < self.best
+
+    def _save(self, path: str):
+        tmp = path[: -len(".keras")] + ".tmp.keras"  # save() wants the .keras suffix
+        self.model.save(tmp, overwrite=True)
+        os.replace(tmp, path)
+
+    def on_epoch_end(self, epoch, logs=None):
+        os.makedirs(self.directory, exist_ok=True)
+        self._save(self.last_path)
+        value = (logs or {}).get(self.monitor)
+        value = None if value is None else float(value)
+        if self._improved(value):
+            self._save(self.best_path)
+            self.best, self.best_epoch = value, epoch + 1
+            _atomic_json(self.state_path, {self.monitor: value, "epoch": epoch + 1})
+
+
+class ResumableBackup(keras.callbacks.BackupAndRestore):
+    """`keras.callbacks.BackupAndRestore` with atomic saves and a separate write folder.
+
+    Keras' own callback overwrites ``latest.weights.h5`` in place and then the metadata, so a
+    kill during the save can leave a file that fails to load or metadata that disagrees with
+    the weights. Here each backup goes to a new file ``epoch_<N>.weights.h5`` (model weights
+    and optimizer state: step count, moments, so the learning-rate schedule continues), and
+    ``training_metadata.json`` is replaced afterwards to point at it; the previous file is
+    kept as a fallback and older ones are deleted.
+
+    Args:
+        backup_dir: where the state is read from when training starts.
+        write_dir: where it is written (default ``backup_dir``). Non-chief workers of
+            multi-worker training write elsewhere but restore from the chief's folder.
+        save_freq: as in `BackupAndRestore` ("epoch" or a number of batches).
+    """
+
+    METADATA = "training_metadata.json"
+
+    def __init__(self, backup_dir: str, write_dir: str | None = None, save_freq="epoch"):
+        super().__init__(backup_dir, save_freq=save_freq, delete_checkpoint=False)
+        self.write_dir = write_dir or backup_dir
+
+    @classmethod
+    def saved_epoch(cls, backup_dir: str) -> int:
+        """Number of finished epochs in a backup folder (0 when there is none)."""
+        metadata = _read_json(os.path.join(backup_dir, cls.METADATA)) or {}
+        return int(metadata.get("epoch", 0))
+
+    def on_train_begin(self, logs=None):
+        self._load_model()
+
+    def _load_model(self):
+        metadata = _read_json(os.path.join(self.backup_dir, self.METADATA))
+        if not metadata:
+            return
+        if not self.model.built:
+            raise ValueError("BackupAndRestore needs a built model before fit()")
+        optimizer = self.model.optimizer
+        if optimizer is not None and not optimizer.built:
+            optimizer.build(self.model.trainable_variables)
+        errors = []
+        for name in (metadata.get("weights"), metadata.get("previous_weights")):
+            if not name:
+                continue
+            try:
+                self.model.load_weights(os.path.join(self.backup_dir, name))
+            except (OSError, ValueError) as error:
+                errors.append(f"{name}: {error}")
+                continue
+            epoch = metadata["epoch"] if name == metadata.get("weights") else \
+                metadata.get("previous_epoch", 0)
+            self.model._initial_epoch = int(epoch)  # read by fit() after on_train_begin
+            return
+        raise ValueError(f"{self.backup_dir}: no backup loads ({'; '.join(errors)}); delete "
+                         "the folder to start over")
+
+    def _save_model(self):
+        os.makedirs(self.write_dir, exist_ok=True)
+        metadata_path = os.path.join(self.write_dir, self.METADATA)
+        previous = _read_json(metadata_path) or {}
+        name = f"epoch_{self._current_epoch:05d}_batch_{self._last_batch_seen:06d}.weights.h5"
+        tmp = os.path.join(self.write_dir, f"tmp_{name}")
+        self.model.save_weights(tmp, overwrite=True)
+        os.replace(tmp, os.path.join(self.write_dir, name))
+        metadata = {"epoch": self._current_epoch, "batch": self._last_batch_seen,
+                    "weights": name}
+        if previous.get("weights") and previous["weights"] != name:
+            metadata["previous_weights"] = previous["weights"]
+            metadata["previous_epoch"] = previous.get("epoch", 0)
+        _atomic_json(metadata_path, metadata)
+        keep = {name, metadata.get("previous_weights")}
+        for old in os.listdir(self.write_dir):
+            if old.endswith(".weights.h5") and old not in keep:
+                try:
+                    os.remove(os.path.join(self.write_dir, old))
+                except OSError:
+                    pass
