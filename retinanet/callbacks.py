@@ -173,3 +173,47 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
                     os.remove(os.path.join(self.write_dir, old))
                 except OSError:
                     pass
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised by `NonFiniteLossGuard` when the training loss stops being finite."""
+
+
+class NonFiniteLossGuard(keras.callbacks.Callback):
+    """Stops training at the first non-finite loss, naming the step and the likely cause.
+
+    Unlike `keras.callbacks.TerminateOnNaN`, it raises `NonFiniteLossError`, so `fit` ends
+    before `on_epoch_end`: no checkpoint callback gets to save the broken weights, and the
+    last good checkpoint stays as it was.
+    """
+
+    def on_train_batch_end(self, batch, logs=None):
+        logs = logs or {}
+        loss = logs.get("loss")
+        if loss is None or math.isfinite(float(loss)):
+            return
+        step = int(self.model.optimizer.iterations.numpy())
+        raise NonFiniteLossError(
+            f"The training loss became {float(loss)} at step {step} (batch {batch} of this "
+            f"epoch). {self._likely_cause(logs)}"
+        )
+
+    def _likely_cause(self, logs):
+        box_loss, cls_loss = logs.get("box_loss"), logs.get("cls_loss")
+        if (
+            box_loss is not None
+            and cls_loss is not None
+            and not math.isfinite(float(box_loss))
+            and math.isfinite(float(cls_loss))
+        ):
+            return (
+                "Only the box loss is non-finite, so bad boxes are the likely cause (NaN or "
+                "infinite coordinates, or boxes far outside the image); load the data with "
+                "the readers, which reject such boxes."
+            )
+        learning_rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        return (
+            f"The likely cause is a learning rate too high for this batch size (now "
+            f"{learning_rate:.3g}): lower it, add warm-up, or clip gradients with `clipnorm`. "
+            "Bad boxes in the data can also cause it."
+        )

@@ -40,6 +40,9 @@ BOX_FORMATS = (
 # Largest log-scale delta decode applies: a box grows at most 1000/16 = 62.5 times its anchor.
 # Without it exp() of an untrained head's output overflows to inf (detectron2's value).
 BBOX_XFORM_CLIP = math.log(1000.0 / 16)
+# Decoding clamps |t_x| and |t_y| here too: no real box is a million anchor widths away, and
+# the clamp keeps absurd network outputs from overflowing to inf.
+BBOX_SHIFT_CLIP = 1e6
 
 # Widths and heights are clamped to this before encode divides and takes logs, so degenerate
 # (zero-size) boxes and anchors encode to finite deltas.
@@ -331,7 +334,8 @@ def decode_boxes(deltas, anchors, weights=(1.0, 1.0, 1.0, 1.0)):
     """Applies regression deltas to anchors; the inverse of `encode_boxes`.
 
     The deltas are divided by ``weights``, then t_w and t_h are clamped from above at
-    ``BBOX_XFORM_CLIP`` before ``exp``, so any finite deltas give finite boxes.
+    ``BBOX_XFORM_CLIP`` before ``exp``, and t_x, t_y to ``[-BBOX_SHIFT_CLIP, BBOX_SHIFT_CLIP]``,
+    so any finite deltas on reasonable anchors give finite boxes.
 
     Args:
         deltas: float Tensor ``[..., 4]`` (t_x, t_y, t_w, t_h), as `encode_boxes` returns.
@@ -352,8 +356,9 @@ def decode_boxes(deltas, anchors, weights=(1.0, 1.0, 1.0, 1.0)):
     deltas = deltas / _check_weights(weights)
 
     anchor_cx, anchor_cy, anchor_w, anchor_h = _centers_and_sizes(anchors)
-    center_x = deltas[..., 0] * anchor_w + anchor_cx
-    center_y = deltas[..., 1] * anchor_h + anchor_cy
+    shifts = tf.clip_by_value(deltas[..., :2], -BBOX_SHIFT_CLIP, BBOX_SHIFT_CLIP)
+    center_x = shifts[..., 0] * anchor_w + anchor_cx
+    center_y = shifts[..., 1] * anchor_h + anchor_cy
     half_w = 0.5 * tf.exp(tf.minimum(deltas[..., 2], BBOX_XFORM_CLIP)) * anchor_w
     half_h = 0.5 * tf.exp(tf.minimum(deltas[..., 3], BBOX_XFORM_CLIP)) * anchor_h
     return tf.stack(
@@ -376,6 +381,23 @@ def _nms_inputs(boxes, scores, max_output_size, score_threshold):
     else:
         _check_range(score_threshold, "score_threshold", 0.0)
     return boxes, scores, max_output_size, score_threshold
+
+
+def _hard_nms(boxes, scores, iou_threshold, max_output_size, score_threshold):
+    """`tf.image.non_max_suppression`, written as the padded kernel plus its valid count.
+
+    The same kernel and result; the explicit count is what lets the TFLite converter keep the
+    number of kept boxes (it otherwise returns `max_output_size` indices padded with 0).
+    """
+    indices, num_valid = tf.raw_ops.NonMaxSuppressionV4(
+        boxes=boxes,
+        scores=scores,
+        max_output_size=max_output_size,
+        iou_threshold=tf.cast(iou_threshold, tf.float32),
+        score_threshold=tf.cast(score_threshold, tf.float32),
+        pad_to_max_output_size=True,
+    )
+    return indices[:num_valid]
 
 
 def _nms_with_scores(boxes, scores, iou_threshold, max_output_size, score_threshold, sigma):
@@ -421,13 +443,7 @@ def nms(boxes, scores, iou_threshold=0.5, max_output_size=100, score_threshold=N
     )
     # TF documents [y1, x1, y2, x2], but IoU is unchanged by swapping the x and y axes, so xyxy
     # boxes go in as they are.
-    return tf.image.non_max_suppression(
-        boxes,
-        scores,
-        max_output_size=max_output_size,
-        iou_threshold=iou_threshold,
-        score_threshold=score_threshold,
-    )
+    return _hard_nms(boxes, scores, iou_threshold, max_output_size, score_threshold)
 
 
 def soft_nms(boxes, scores, sigma=0.5, max_output_size=100, score_threshold=0.001):
@@ -517,13 +533,7 @@ def batched_nms(
     shifted_boxes = boxes - min_coordinate + offsets
 
     if _static_number(soft_nms_sigma, "soft_nms_sigma") == 0.0:
-        indices = tf.image.non_max_suppression(
-            shifted_boxes,
-            scores,
-            max_output_size=max_output_size,
-            iou_threshold=iou_threshold,
-            score_threshold=score_threshold,
-        )
+        indices = _hard_nms(shifted_boxes, scores, iou_threshold, max_output_size, score_threshold)
         kept_scores = tf.gather(scores, indices)
     else:
         # A sigma only known at run time may be 0: TF's kernel then does hard NMS with the

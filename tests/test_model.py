@@ -216,6 +216,21 @@ def test_keras_file_round_trip(tiny_retinanet, tmp_path):
         np.testing.assert_array_equal(actual[key], expected[key])
 
 
+def test_keras_file_keeps_compile_state(tiny_retinanet, tmp_path):
+    model = tiny_retinanet()
+    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), box_loss_weight=2.0)
+    images, boxes, classes = make_squares(num_images=2)
+    model.fit(images, {"boxes": boxes, "classes": classes}, epochs=1, verbose=0)
+    path = str(tmp_path / "trained.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.compiled and loaded.box_loss_weight == 2.0
+    assert isinstance(loaded.classification_loss, retinanet.losses.FocalLoss)
+    assert int(loaded.optimizer.iterations) == int(model.optimizer.iterations) == 1
+    for a, b in zip(loaded.optimizer.variables, model.optimizer.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
 def test_weights_only_round_trip(tiny_retinanet, tmp_path):
     model = tiny_retinanet()
     path = str(tmp_path / "model.weights.h5")

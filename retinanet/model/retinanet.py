@@ -231,6 +231,25 @@ class RetinaNet(keras.Model):
 
     # -- serialisation -------------------------------------------------------------------
 
+    _COMPILE_KEYS = ("optimizer", "run_eagerly", "steps_per_execution", "jit_compile")
+
+    def get_compile_config(self):
+        config = super().get_compile_config()
+        if not config:
+            return config
+        serialize = keras.saving.serialize_keras_object
+        return {
+            **{key: config[key] for key in self._COMPILE_KEYS if key in config},
+            "classification_loss": serialize(self.classification_loss),
+            "box_loss": serialize(self.box_loss),
+            "box_loss_weight": self.box_loss_weight,
+        }
+
+    def compile_from_config(self, config):
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
     def get_config(self):
         serialize = keras.saving.serialize_keras_object
         return {
