@@ -1,6 +1,8 @@
-"""A seconds-long config for tests: a few 128 px shapes images, narrow MobileNetV3-Small.
+"""A seconds-long config for tests: a few 128 px shapes images and a tiny plain CNN.
 
-Not a useful detector; it exercises every code path of `retinanet train` quickly.
+Not a useful detector; it exercises every code path of `retinanet train` quickly. (The
+"simple" backbone traces and compiles in a quarter of the CPU time MobileNetV3 needs, which
+is most of a short run.)
 """
 
 from retinanet.config import default_config
@@ -9,8 +11,9 @@ from retinanet.config import default_config
 def get_config():
     config = default_config()
     config.name = "tiny"
-    config.model.backbone = "mobilenet_v3_small"
-    config.model.frozen_batchnorm = False
+    config.model.backbone = "simple"
+    config.model.simple_widths = (8, 16, 16, 32, 32)
+    config.model.simple_blocks = 0
     config.model.fpn_filters = 16
     config.model.head_convs = 1
     config.model.head_filters = 16

@@ -161,11 +161,10 @@ def _atomic_json(path: str, value):
 # -- train --------------------------------------------------------------------------------
 
 
-def _make_strategy():
-    """The --strategy; created before any other TensorFlow work, as multi-worker needs."""
+def _make_strategy(name: str = "default", tpu: str = ""):
+    """The tf.distribute strategy; created before other TensorFlow work, as multi-worker needs."""
     import tensorflow as tf
 
-    name = FLAGS.strategy
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
@@ -175,7 +174,7 @@ def _make_strategy():
             raise UsageError("--strategy=multi_worker_mirrored needs the TF_CONFIG environment "
                              "variable (cluster and task)")
         return tf.distribute.MultiWorkerMirroredStrategy()
-    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=FLAGS.tpu)
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
     tf.config.experimental_connect_to_cluster(resolver)
     tf.tpu.experimental.initialize_tpu_system(resolver)
     return tf.distribute.TPUStrategy(resolver)
@@ -225,7 +224,33 @@ def cmd_train():
     """Trains the configured model in --workdir, resuming where a previous run stopped."""
     config = _config()
     workdir = _require("workdir")
-    strategy = _make_strategy()
+    train(config, workdir, strategy=FLAGS.strategy, precision=FLAGS.precision,
+          verbose=FLAGS.verbose, tpu=FLAGS.tpu, keep_worker_dirs=FLAGS.keep_worker_dirs)
+
+
+def train(config, workdir: str, *, strategy: str = "default", precision: str = "float32",
+          verbose: int = 1, tpu: str = "", keep_worker_dirs: bool = False):
+    """`retinanet train` as a function (the demo calls it): fit, checkpoints, final evaluation.
+
+    Args:
+        config: a validated ConfigDict (see `retinanet.config`).
+        workdir: the run folder (see the module docstring for what it holds).
+        strategy: one of `STRATEGIES`; precision: one of `PRECISIONS`.
+        verbose: Keras verbosity (0 silent, 1 progress bars, 2 one line per epoch).
+        tpu: the TPU for strategy "tpu".
+        keep_worker_dirs: multi-worker: keep non-chief checkpoints in workdir/workers/.
+
+    Returns:
+        `{"model", "results", "class_names", "val_dataset", "val_data"}` on the chief (the
+        model evaluated and the evaluation results); None on other workers.
+    """
+    rconfig.validate(config)
+    # Multi-worker and TPU strategies must exist before any other TensorFlow work; otherwise
+    # read the data first, so a bad path fails before TensorFlow starts up its devices.
+    early = strategy in ("multi_worker_mirrored", "tpu")
+    distribution = _make_strategy(strategy, tpu) if early else None
+    datasets = rconfig.load_datasets(config)
+    distribution = distribution or _make_strategy(strategy, tpu)
     import shutil
     import tempfile
 
@@ -235,24 +260,24 @@ def cmd_train():
     from retinanet import callbacks as rcallbacks
     from retinanet.evaluation import EvaluationCallback, evaluate, write_report
 
-    _set_precision()
+    keras.mixed_precision.set_global_policy(precision)
     keras.utils.set_random_seed(config.seed)
     if config.train.deterministic:
         tf.config.experimental.enable_op_determinism()
 
-    datasets = rconfig.load_datasets(config)
     train_set, val_set = datasets["train"], datasets["val"]
     class_names, category_ids = train_set.class_names, train_set.category_ids
-    is_chief, task_id = _worker(strategy)
-    multi_worker = FLAGS.strategy == "multi_worker_mirrored"
+    is_chief, task_id = _worker(distribution)
+    multi_worker = strategy == "multi_worker_mirrored"
     if is_chief:
         write_dir = workdir
-    elif FLAGS.keep_worker_dirs:
+    elif keep_worker_dirs:
         write_dir = os.path.join(workdir, "workers", f"worker_{task_id}")
     else:
         write_dir = tempfile.mkdtemp(prefix=f"retinanet-worker{task_id}-")
     os.makedirs(write_dir, exist_ok=True)
     if is_chief:
+        _check_resumed_config(config, workdir)
         rconfig.save(config, workdir)
         _atomic_json(os.path.join(workdir, "classes.json"),
                      {"class_names": class_names, "category_ids": category_ids})
@@ -280,13 +305,13 @@ def cmd_train():
             tf.data.experimental.AutoShardPolicy.DATA
         train_data = train_data.with_options(options)
 
-    with strategy.scope():
+    with distribution.scope():
         model = rconfig.build_model(config, len(class_names))
         rconfig.compile_model(model, config, steps * epochs)
     print(f"Training {config.name}: {len(train_set)} training and {len(val_set)} validation "
           f"images, {len(class_names)} classes, {epochs} epochs of {steps} steps, global batch "
-          f"{config.data.batch_size}, strategy {FLAGS.strategy} "
-          f"({strategy.num_replicas_in_sync} replicas), precision {FLAGS.precision}",
+          f"{config.data.batch_size}, strategy {strategy} "
+          f"({distribution.num_replicas_in_sync} replicas), precision {precision}",
           flush=True)
 
     checkpoint_dir = os.path.join(write_dir, "checkpoints")
@@ -296,7 +321,7 @@ def cmd_train():
         # Evaluation first: the callbacks after it read val_AP from the logs.
         callbacks.append(EvaluationCallback(
             val_data, every_n_epochs=every, class_names=class_names, prefix="val_",
-            verbose=1 if FLAGS.verbose == 1 else 0, category_ids=category_ids,
+            verbose=1 if verbose == 1 else 0, category_ids=category_ids,
             voc_iou_threshold=config.eval.voc_iou_threshold, voc_method=config.eval.voc_method))
     elif every:
         print("multi_worker_mirrored: no evaluation between epochs (the chief evaluates the "
@@ -311,27 +336,50 @@ def cmd_train():
         rcallbacks.ResumableBackup(backup_dir, write_dir=os.path.join(write_dir, "backup")),
     ]
     model.fit(train_data, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks,
-              verbose=FLAGS.verbose)
+              verbose=verbose)
     if not is_chief:
-        if not FLAGS.keep_worker_dirs:
+        if not keep_worker_dirs:
             shutil.rmtree(write_dir, ignore_errors=True)
         print(f"Worker {task_id} done.", flush=True)
-        return
+        return None
 
     # The final evaluation runs on the chief alone, outside the strategy: under
     # multi-worker, predicting on the distributed model would wait for the other workers.
     last = os.path.join(checkpoint_dir, "last.keras")
-    if multi_worker or not os.path.isfile(last):
-        eval_model = keras.saving.load_model(last) if os.path.isfile(last) else model
-    else:
-        eval_model = model
+    eval_model = keras.saving.load_model(last) if multi_worker else model
     print(f"Evaluating on {len(val_set)} validation images", flush=True)
     results = evaluate(eval_model, val_data, class_names=class_names,
-                       category_ids=category_ids, verbose=FLAGS.verbose,
+                       category_ids=category_ids, verbose=verbose,
                        voc_iou_threshold=config.eval.voc_iou_threshold,
                        voc_method=config.eval.voc_method)
-    write_report(results, workdir, print_table=FLAGS.verbose > 0)
+    write_report(results, workdir, print_table=verbose > 0)
     _summary(results, workdir)
+    return {"model": eval_model, "results": results, "class_names": class_names,
+            "val_dataset": val_set, "val_data": val_data}
+
+
+def _check_resumed_config(config, workdir: str):
+    """Warns when a run resumes with a config other than the one it started with."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(os.path.join(workdir, "backup", "training_metadata.json")) or \
+            not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as file:
+        saved = json.load(file)
+    current = rconfig.to_dict(config)
+    changed = sorted(_diff(saved, current))
+    if changed:
+        print(f"warning: resuming {workdir} with a changed config ({', '.join(changed)}); "
+              "the backup restores the old run's weights and optimizer state", file=sys.stderr)
+
+
+def _diff(old: dict, new: dict, prefix: str = "config"):
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            yield from _diff(a, b, f"{prefix}.{key}")
+        elif a != b:
+            yield f"{prefix}.{key}"
 
 
 def _summary(results, output_dir):
@@ -423,6 +471,9 @@ def cmd_predict():
     if class_names is None:
         class_names = [str(i) for i in range(model.num_classes)]
     threshold = FLAGS.score_threshold
+    if threshold is not None and threshold < model.postprocessor.score_threshold:
+        # Read when the predict function is traced, i.e. on the first batch below.
+        model.postprocessor.score_threshold = float(threshold)
     dataset = DetectionDataset(class_names, records, name=images)
     batches = rconfig.eval_pipeline(config, dataset)
     os.makedirs(output, exist_ok=True)
@@ -610,7 +661,7 @@ def _main(command, argv):
         _fail(command, f"unexpected arguments {argv[1:]} (flags are --name=value)")
     try:
         HANDLERS[command]()
-    except (ValueError, TypeError, FileNotFoundError, KeyError, AttributeError) as error:
+    except (ValueError, TypeError, OSError, KeyError, AttributeError) as error:
         if FLAGS.debug:
             raise
         _fail(command, error)
@@ -625,11 +676,18 @@ def _main(command, argv):
 def _parse_flags(command, argv):
     try:
         return FLAGS(argv)
-    except flags.Error as error:
-        _fail(command, error)
-    except (ValueError, TypeError, AttributeError, KeyError, OSError) as error:
-        # config_flags: a config file that fails to load or an override of an unknown field
-        _fail(command, error)
+    except (flags.Error, ValueError, TypeError, AttributeError, KeyError, OSError) as error:
+        # config_flags: a config file that fails to load, or an override of an unknown field
+        # (its message is the repr of a KeyError: the field and a "Did you mean" hint).
+        message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+        if message[:1] in "'\"" and message[-1:] == message[:1]:
+            message = message[1:-1].encode().decode("unicode_escape")
+        overrides = [arg.split("=", 1)[0] for arg in argv[1:] if arg.startswith("--config.")]
+        culprit = [flag for flag in overrides
+                   if any(part and f"'{part}'" in message for part in flag.split(".")[1:])]
+        if culprit:
+            message = f"{culprit[0]}: no such config field ({message})"
+        _fail(command, message)
 
 
 def run(argv=None):

@@ -1,0 +1,274 @@
+"""The `retinanet` command line, end to end through subprocesses, on configs/tiny.py.
+
+One training run (module fixture) serves the evaluate, predict and export tests; the resume
+and multi-worker tests train on their own and are marked slow.
+"""
+
+import csv
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "configs" / "tiny.py")
+# TensorFlow's C++ start-up lines (CUDA probing, CPU features) that no setting silences.
+NOISE = ("I0000", "W0000", "E0000", "WARNING: All log messages", "To enable the following")
+
+
+def cli(*args, env=None, timeout=600, check=True):
+    """Runs `python -m retinanet.cli ARGS`; returns the CompletedProcess."""
+    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
+    result = subprocess.run([sys.executable, "-m", "retinanet.cli", *args], cwd=ROOT,
+                            capture_output=True, text=True, timeout=timeout, env=environment)
+    if check and result.returncode != 0:
+        raise AssertionError(f"retinanet {' '.join(args)} failed ({result.returncode}):\n"
+                             f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+def program_lines(stderr):
+    return [line for line in stderr.splitlines() if line.strip() and not line.startswith(NOISE)]
+
+
+def read_csv(path):
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A workdir trained by `retinanet train` on the tiny config (2 epochs of 2 steps)."""
+    workdir = tmp_path_factory.mktemp("run") / "tiny"
+    result = cli("train", f"--config={TINY}", f"--workdir={workdir}", "--verbose=2")
+    return workdir, result
+
+
+def test_train_writes_checkpoints_logs_config_and_metrics(trained):
+    workdir, result = trained
+    assert "Epoch 2/2" in result.stdout  # Keras progress output
+    for name in ("config.json", "config.py", "classes.json", "checkpoints/last.keras",
+                 "checkpoints/best.keras", "checkpoints/best.json", "training_log.csv",
+                 "metrics.json", "report.md", "per_class.csv",
+                 "backup/training_metadata.json"):
+        assert (workdir / name).is_file(), name
+    assert any((workdir / "logs" / "train").iterdir())  # TensorBoard event files
+    rows = read_csv(workdir / "training_log.csv")
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert [int(r["step"]) for r in rows] == [2, 4]
+    assert "val_AP" in rows[0] and "val_mAP_voc" in rows[0]
+    metrics = json.loads((workdir / "metrics.json").read_text())
+    assert 0.0 <= metrics["coco"]["AP"] <= 1.0 and "AP50" in metrics["coco"]
+    assert "mAP" in metrics["voc"]
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["train"]["epochs"] == 2 and config["name"] == "tiny"
+    classes = json.loads((workdir / "classes.json").read_text())
+    assert classes["class_names"][0] == "circle"
+
+
+def test_evaluate_writes_metrics_table_and_curves(trained, tmp_path):
+    workdir, _ = trained
+    result = cli("evaluate", f"--workdir={workdir}", "--checkpoint=last",
+                 f"--output={tmp_path}")
+    assert "AP50" in result.stdout
+    for name in ("metrics.json", "report.md", "per_class.csv"):
+        assert (tmp_path / name).is_file(), name
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(metrics) == {"coco", "voc"}
+    assert "per_class" in metrics["coco"]
+
+
+def test_predict_writes_coco_results_and_annotated_images(trained, tmp_path):
+    from PIL import Image
+
+    from retinanet import data
+
+    workdir, _ = trained
+    images = tmp_path / "images"
+    (images / "sub").mkdir(parents=True)
+    examples = list(data.shapes(3, image_size=(96, 160), seed=5).examples.as_numpy_iterator())
+    Image.fromarray(examples[0]["image"]).save(images / "a.png")
+    Image.fromarray(examples[1]["image"]).save(images / "b.jpg")
+    Image.fromarray(examples[2]["image"]).save(images / "sub" / "c.png")
+    output = tmp_path / "out"
+    cli("predict", f"--workdir={workdir}", f"--images={images}", f"--output={output}",
+        "--score_threshold=0.0")
+    detections = json.loads((output / "detections.json").read_text())
+    assert detections, "score_threshold=0 keeps every detection"
+    assert {d["file_name"] for d in detections} <= {"a.png", "b.jpg", os.path.join("sub", "c.png")}
+    for detection in detections:
+        assert set(detection) == {"image_id", "file_name", "category_id", "category_name",
+                                  "bbox", "score"}
+        x, y, w, h = detection["bbox"]
+        assert w >= 0 and h >= 0 and 0 <= x <= 160 and 0 <= y <= 96  # original pixels
+    assert (output / "a.png").is_file() and (output / "b.jpg").is_file()
+    assert (output / "sub" / "c.png").is_file()
+    assert Image.open(output / "b.jpg").size == (160, 96)
+    # One file also works, and the JSON names it.
+    single = tmp_path / "single"
+    cli("predict", f"--workdir={workdir}", f"--images={images / 'a.png'}", f"--output={single}")
+    assert (single / "a.png").is_file() and (single / "detections.json").is_file()
+
+
+def test_export_saved_model_serves_detections(trained, tmp_path):
+    import tensorflow as tf
+
+    workdir, _ = trained
+    output = tmp_path / "saved_model"
+    cli("export", f"--workdir={workdir}", f"--output={output}", "--format=saved_model")
+    serving = tf.saved_model.load(str(output)).signatures["serving_default"]
+    found = serving(images=tf.zeros([1, 100, 140, 3], tf.uint8))
+    assert set(found) >= {"boxes", "scores", "classes", "num_detections"}
+    assert found["boxes"].shape[0] == 1 and found["boxes"].shape[-1] == 4
+
+
+def test_debug_anchors_reports_matches_and_draws_them(tmp_path):
+    result = cli("debug-anchors", f"--config={TINY}", f"--output={tmp_path}",
+                 "--num_images=3", "--config.data.shapes.num_train=6")
+    assert "ground-truth boxes have an anchor" in result.stdout
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["num_images"] == 6 and report["num_boxes"] > 0
+    assert 0.0 <= report["matched"] <= report["matched_with_low_quality"] <= 1.0
+    assert report["matched_with_low_quality"] == 1.0  # every box claims its best anchor
+    assert set(report["by_size"]) == {"small", "medium", "large"}
+    assert len(list(tmp_path.glob("*.png"))) == 3
+
+
+def test_debug_anchors_flags_boxes_too_small_for_the_anchors(tmp_path):
+    # 12-20 px shapes against 128 px anchors: nothing reaches IoU 0.5.
+    result = cli("debug-anchors", f"--config={TINY}", f"--output={tmp_path}", "--num_images=1",
+                 "--config.model.anchors.anchor_size=16.0", "--config.data.shapes.max_size=20",
+                 "--verbose=0")
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["matched"] == 0.0, result.stdout
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["train", f"--config={TINY}", "--config.train.epochz=3", "--workdir=W"],
+     "--config.train.epochz: no such config field"),
+    (["train", f"--config={TINY}", "--config.data.format=pascal", "--workdir=W"],
+     "config.data.format: unknown format 'pascal'"),
+    (["train", str(ROOT / "configs" / "custom.py"), "--workdir=W"], "unexpected arguments"),
+    (["train", f"--config={ROOT / 'configs' / 'custom.py'}", "--config.data.train=/no/such/voc",
+      "--workdir=W"], "config.data.train: folder not found: /no/such/voc"),
+    (["train", f"--config={ROOT / 'configs' / 'custom.py'}", "--config.data.format=coco",
+      "--config.data.train=/no/such.json", "--workdir=W"],
+     "config.data.train: file not found: /no/such.json"),
+    (["train", f"--config={TINY}"], "--workdir is required"),
+    (["train", "--config=/no/such/config.py", "--workdir=W"], "/no/such/config.py"),
+    (["export", "--workdir=W", "--output=O", "--format=tflite"], "--format=tflite: unknown format"),
+    (["evaluate", "--workdir=/no/such/run"], "no config.json"),
+    (["predict", "--workdir=W", "--images=/no/such/images", "--output=O", f"--config={TINY}"],
+     "--images=/no/such/images: file or folder not found"),
+    (["train", f"--config={TINY}", "--strategy=magic", "--workdir=W"], "--strategy"),
+    (["frobnicate"], "unknown command 'frobnicate'"),
+])
+def test_bad_input_gives_one_line_error(args, expected, tmp_path):
+    args = [arg.replace("=W", f"={tmp_path / 'w'}").replace("=O", f"={tmp_path / 'o'}")
+            for arg in args]
+    result = cli(*args, check=False, timeout=120)
+    lines = program_lines(result.stderr)
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1, lines
+    assert "Traceback" not in result.stderr
+    assert lines[0].startswith("retinanet") and "error:" in lines[0]
+    assert expected in lines[0]
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_where_it_stopped(tmp_path):
+    workdir = tmp_path / "run"
+    args = [sys.executable, "-m", "retinanet.cli", "train", f"--config={TINY}",
+            f"--workdir={workdir}", "--config.train.epochs=4", "--config.train.steps_per_epoch=3",
+            "--config.train.eval_every_n_epochs=2", "--verbose=2"]
+    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    process = subprocess.Popen(args, cwd=ROOT, env=environment, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    metadata = workdir / "backup" / "training_metadata.json"
+    deadline = time.time() + 420
+    try:
+        # Kill once the backup of epoch 1 or 2 exists: between epochs or inside the next one.
+        while time.time() < deadline and process.poll() is None:
+            if metadata.is_file() and json.loads(metadata.read_text())["epoch"] >= 1:
+                break
+            time.sleep(0.2)
+        assert process.poll() is None, "training ended before it could be killed"
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    done = json.loads(metadata.read_text())["epoch"]
+    assert 1 <= done < 4
+
+    result = subprocess.run(args, cwd=ROOT, env=environment, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-5000:]
+    assert f"Resuming from the backup in {workdir / 'backup'}: {done} of 4 epochs done" in \
+        result.stdout
+    assert f"Epoch {done + 1}/4" in result.stdout and "Epoch 1/4" not in result.stdout
+    rows = read_csv(workdir / "training_log.csv")
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]  # each epoch once
+    # The optimizer's step count continued from the backup rather than restarting.
+    assert [int(r["step"]) for r in rows] == [3, 6, 9, 12]
+    assert json.loads(metadata.read_text())["epoch"] == 4
+    assert (workdir / "metrics.json").is_file()
+    best = json.loads((workdir / "checkpoints" / "best.json").read_text())
+    assert best["epoch"] in (2, 4)
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("localhost", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+@pytest.mark.slow
+def test_multi_worker_training_keeps_workers_in_sync(tmp_path):
+    import keras
+
+    import retinanet  # noqa: F401  (custom objects)
+
+    workdir = tmp_path / "run"
+    cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
+    processes = []
+    for index in range(2):
+        environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=json.dumps(
+            {"cluster": cluster, "task": {"type": "worker", "index": index}}))
+        processes.append(subprocess.Popen(
+            [sys.executable, "-m", "retinanet.cli", "train", f"--config={TINY}",
+             f"--workdir={workdir}", "--strategy=multi_worker_mirrored", "--keep_worker_dirs",
+             "--config.train.epochs=1", "--config.train.steps_per_epoch=3", "--verbose=2"],
+            cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True))
+    outputs = []
+    try:
+        for process in processes:
+            outputs.append(process.communicate(timeout=600)[0])
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    for process, output in zip(processes, outputs):
+        assert process.returncode == 0, output[-5000:]
+    assert "(2 replicas)" in outputs[0]
+    chief = workdir / "checkpoints" / "last.keras"
+    other = workdir / "workers" / "worker_1" / "checkpoints" / "last.keras"
+    assert chief.is_file() and other.is_file()
+    assert (workdir / "metrics.json").is_file()  # the chief evaluated
+    assert not (workdir / "workers" / "worker_1" / "metrics.json").exists()
+    weights = [keras.saving.load_model(path).get_weights() for path in (chief, other)]
+    assert [int(r["step"]) for r in read_csv(workdir / "training_log.csv")] == [3]
+    for a, b in zip(*weights):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)

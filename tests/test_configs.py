@@ -1,0 +1,167 @@
+"""configs/*.py and the builders of retinanet.config (in-process, no training)."""
+
+import importlib.util
+import json
+import pathlib
+
+import pytest
+
+from retinanet import config as rconfig
+
+CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
+CONFIG_FILES = sorted(CONFIG_DIR.glob("*.py"))
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(f"config_{name}", CONFIG_DIR / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def test_the_required_configs_exist():
+    names = {path.stem for path in CONFIG_FILES}
+    assert {"shapes", "retinanet_r50_coco", "retinanet_r50_voc", "custom", "tiny"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.stem)
+def test_every_config_follows_the_schema(path):
+    config = load(path.stem)
+    rconfig.validate(config)
+    # A JSON round trip (what config.json holds) gives the same config back.
+    again = rconfig.from_dict(json.loads(config.to_json()))
+    assert rconfig.to_dict(again) == rconfig.to_dict(config)
+
+
+def test_paper_recipe():
+    config = load("retinanet_r50_coco")
+    assert config.model.backbone == "resnet50"
+    assert (config.model.fpn_filters, config.model.head_convs, config.model.head_filters) == \
+        (256, 4, 256)
+    assert config.data.batch_size == 16
+    assert config.train.epochs * config.train.steps_per_epoch == 90_000
+    assert rconfig.image_size(config) == (800, 1333)
+    optimizer = rconfig.build_optimizer(config, 90_000)
+    schedule = optimizer.learning_rate if callable(optimizer.learning_rate) else None
+    assert optimizer.__class__.__name__ == "SGD"
+    assert optimizer._learning_rate.base_learning_rate == pytest.approx(0.01)
+    assert optimizer._learning_rate.boundaries == [60_000, 80_000]
+    del schedule
+
+
+def test_unknown_field_names_it(tmp_path):
+    with pytest.raises(rconfig.ConfigError, match=r"config\.train\.epochz"):
+        rconfig.from_dict({"train": {"epochz": 3}})
+    with pytest.raises(rconfig.ConfigError, match=r"config\.data\.batch_size"):
+        rconfig.from_dict({"data": {"batch_size": "big"}})
+    path = tmp_path / "config.json"
+    path.write_text("{not json")
+    with pytest.raises(rconfig.ConfigError, match="invalid JSON"):
+        rconfig.load_json(str(path))
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("data.format", "pascal", "config.data.format: unknown format 'pascal'"),
+    ("train.optimizer", "lion", "config.train.optimizer"),
+    ("train.schedule", "poly", "config.train.schedule"),
+    ("model.backbone", "resnet5", "config.model.backbone: unknown backbone 'resnet5'"),
+    ("data.val_fraction", 1.5, "config.data.val_fraction"),
+])
+def test_validate_names_the_field(field, value, message):
+    config = load("tiny")
+    section, name = field.split(".")
+    config[section][name] = value
+    with pytest.raises(rconfig.ConfigError, match=message.replace(".", r"\.")):
+        rconfig.validate(config)
+
+
+def test_save_writes_a_loadable_config_py(tmp_path):
+    config = load("tiny")
+    config.train.epochs = 7
+    rconfig.save(config, str(tmp_path))
+    assert rconfig.load_json(str(tmp_path / "config.json")).train.epochs == 7
+    spec = importlib.util.spec_from_file_location("saved", tmp_path / "config.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert rconfig.to_dict(module.get_config()) == rconfig.to_dict(config)
+
+
+def test_build_model_uses_the_configured_collaborators():
+    import keras
+
+    config = load("tiny")
+    config.model.anchors.anchor_size = 3.0
+    config.model.matching.positive_iou = 0.6
+    config.model.postprocess.score_threshold = 0.2
+    model = rconfig.build_model(config, num_classes=4)
+    assert model.num_classes == 4
+    assert model.anchor_generator.anchor_size == 3.0
+    assert model.label_encoder.positive_iou == 0.6
+    assert model.label_encoder.anchor_generator is model.anchor_generator
+    assert model.postprocessor.score_threshold == 0.2
+    norms = [layer for layer in model.backbone._flatten_layers()
+             if isinstance(layer, keras.layers.BatchNormalization)]
+    assert norms and all(layer.momentum == 0.9 for layer in norms)
+    assert all(layer.trainable for layer in norms)  # frozen_batchnorm=False
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "step"])
+def test_learning_rate_schedules(schedule):
+    config = load("tiny")
+    config.train.schedule = schedule
+    config.train.learning_rate = 0.01
+    config.train.warmup_steps = 10
+    config.train.warmup_factor = 0.1
+    rate = rconfig.build_learning_rate(config, total_steps=100)
+    assert float(rate(0)) == pytest.approx(0.001, rel=1e-4)
+    assert float(rate(10)) == pytest.approx(0.01, rel=1e-3)
+    final = float(rate(99))
+    expected = {"constant": 0.01, "cosine": 0.0001, "step": 0.0001}[schedule]
+    assert final == pytest.approx(expected, rel=0.05)
+
+
+def test_shapes_datasets_and_pipelines():
+    config = load("tiny")
+    datasets = rconfig.load_datasets(config)
+    assert len(datasets["train"]) == 8 and len(datasets["val"]) == 4
+    images, targets = next(iter(rconfig.train_pipeline(config, datasets["train"])))
+    assert images.shape == (4, 128, 128, 3)
+    assert targets["boxes"].shape == (4, 4, 4)
+    assert rconfig.steps_per_epoch(config, 8) == 2
+    config.train.steps_per_epoch = 0
+    assert rconfig.steps_per_epoch(config, 8) == 2  # 8 images // batch 4
+
+
+def test_missing_paths_name_the_field(tmp_path):
+    config = load("custom")
+    config.data.train = str(tmp_path / "nowhere")
+    with pytest.raises(rconfig.ConfigError, match=r"config\.data\.train: folder not found"):
+        rconfig.load_datasets(config)
+    config.data.format = "coco"
+    with pytest.raises(rconfig.ConfigError, match=r"config\.data\.train: file not found"):
+        rconfig.load_datasets(config)
+    config.data.train = ""
+    with pytest.raises(rconfig.ConfigError, match=r"config\.data\.train: no path given"):
+        rconfig.load_datasets(config)
+
+
+def test_voc_folder_with_held_out_validation(raccoon_dir):
+    config = load("custom")
+    config.data.format = "voc"
+    config.data.train = str(raccoon_dir)
+    config.data.val_fraction = 0.1
+    datasets = rconfig.load_datasets(config)
+    train, val = datasets["train"], datasets["val"]
+    assert len(val) == 20 and len(train) + len(val) == 200
+    assert not {r.image_id for r in train.records} & {r.image_id for r in val.records}
+    assert train.class_names == val.class_names == ["raccoon"]
+
+
+def test_csv_train_and_val_share_class_ids(raccoon_dir):
+    config = load("custom")
+    config.data.format = "csv"
+    config.data.train = str(raccoon_dir / "train_labels.csv")
+    config.data.val = str(raccoon_dir / "test_labels.csv")
+    config.data.train_images = config.data.val_images = str(raccoon_dir / "images")
+    datasets = rconfig.load_datasets(config)
+    assert datasets["train"].class_names == datasets["val"].class_names
