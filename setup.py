@@ -20,7 +20,12 @@ setup(
         "matplotlib>=3.5",
     ],
     extras_require={
+        "export": ["tf2onnx>=1.17", "onnx>=1.17", "ai-edge-litert>=2.3"],
         "test": [
+            "tf2onnx>=1.17",
+            "onnx>=1.17",
+            "onnxruntime>=1.20",
+            "ai-edge-litert>=2.3",
             "pytest>=7",
             "hypothesis>=6.80",
             "nbclient>=0.7",
