@@ -32,14 +32,14 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from retinanet import config as rconfig  # noqa: E402
+from retinanet import trainer  # noqa: E402
+from retinanet.trainer import PRECISIONS, STRATEGIES, UsageError  # noqa: E402
 
 COMMANDS = ("train", "evaluate", "predict", "export", "debug-anchors")
-STRATEGIES = ("default", "mirrored", "multi_worker_mirrored", "tpu")
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 EXIT_USAGE = 2
 
 FLAGS = flags.FLAGS
@@ -69,10 +69,6 @@ flags.DEFINE_bool("keep_worker_dirs", False,
                   "multi-worker: keep non-chief workers' checkpoints in WORKDIR/workers/ "
                   "(default: temporary folders, removed at the end).")
 flags.DEFINE_bool("debug", False, "Show tracebacks instead of one-line errors.")
-
-
-class UsageError(ValueError):
-    """A flag or argument is missing or wrong; the message names it."""
 
 
 def _fail(command: str, message) -> None:
@@ -151,242 +147,15 @@ def _set_precision():
     keras.mixed_precision.set_global_policy(FLAGS.precision)
 
 
-def _atomic_json(path: str, value):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as file:
-        json.dump(value, file, indent=2)
-    os.replace(tmp, path)
-
-
 # -- train --------------------------------------------------------------------------------
-
-
-def _make_strategy(name: str = "default", tpu: str = ""):
-    """The tf.distribute strategy; created before other TensorFlow work, as multi-worker needs."""
-    import tensorflow as tf
-
-    if name == "default":
-        return tf.distribute.get_strategy()
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if name == "multi_worker_mirrored":
-        if not os.environ.get("TF_CONFIG"):
-            raise UsageError("--strategy=multi_worker_mirrored needs the TF_CONFIG environment "
-                             "variable (cluster and task)")
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
-    tf.config.experimental_connect_to_cluster(resolver)
-    tf.tpu.experimental.initialize_tpu_system(resolver)
-    return tf.distribute.TPUStrategy(resolver)
-
-
-def _worker(strategy):
-    """(is_chief, task id) under multi-worker training; (True, 0) otherwise."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    task_type = getattr(resolver, "task_type", None)
-    task_id = getattr(resolver, "task_id", 0) or 0
-    if task_type is None or task_type == "chief":
-        return True, task_id
-    cluster = resolver.cluster_spec().as_dict() if resolver else {}
-    return (task_type == "worker" and task_id == 0 and "chief" not in cluster), task_id
-
-
-def _tensorboard(log_dir: str) -> list:
-    """The TensorBoard callback, or none (with a note) where the package is missing."""
-    import keras
-
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        print("tensorboard is not installed: no TensorBoard logs (pip install tensorboard)",
-              file=sys.stderr)
-        return []
-    return [keras.callbacks.TensorBoard(log_dir, write_graph=False, profile_batch=0)]
-
-
-def _truncate_csv(path: str, first_epoch: int):
-    """Drops CSV rows of epochs >= first_epoch: a resumed run writes them again."""
-    if not os.path.isfile(path):
-        return
-    with open(path, encoding="utf-8") as file:
-        lines = file.readlines()
-    if not lines:
-        return
-    kept = [lines[0]] + [line for line in lines[1:]
-                         if line.strip() and int(line.split(",", 1)[0]) < first_epoch]
-    if len(kept) != len(lines):
-        with open(f"{path}.tmp", "w", encoding="utf-8") as file:
-            file.writelines(kept)
-        os.replace(f"{path}.tmp", path)
 
 
 def cmd_train():
     """Trains the configured model in --workdir, resuming where a previous run stopped."""
     config = _config()
     workdir = _require("workdir")
-    train(config, workdir, strategy=FLAGS.strategy, precision=FLAGS.precision,
-          verbose=FLAGS.verbose, tpu=FLAGS.tpu, keep_worker_dirs=FLAGS.keep_worker_dirs)
-
-
-def train(config, workdir: str, *, strategy: str = "default", precision: str = "float32",
-          verbose: int = 1, tpu: str = "", keep_worker_dirs: bool = False):
-    """`retinanet train` as a function (the demo calls it): fit, checkpoints, final evaluation.
-
-    Args:
-        config: a validated ConfigDict (see `retinanet.config`).
-        workdir: the run folder (see the module docstring for what it holds).
-        strategy: one of `STRATEGIES`; precision: one of `PRECISIONS`.
-        verbose: Keras verbosity (0 silent, 1 progress bars, 2 one line per epoch).
-        tpu: the TPU for strategy "tpu".
-        keep_worker_dirs: multi-worker: keep non-chief checkpoints in workdir/workers/.
-
-    Returns:
-        `{"model", "results", "class_names", "val_dataset", "val_data"}` on the chief (the
-        model evaluated and the evaluation results); None on other workers.
-    """
-    rconfig.validate(config)
-    # Multi-worker and TPU strategies must exist before any other TensorFlow work; otherwise
-    # read the data first, so a bad path fails before TensorFlow starts up its devices.
-    early = strategy in ("multi_worker_mirrored", "tpu")
-    distribution = _make_strategy(strategy, tpu) if early else None
-    datasets = rconfig.load_datasets(config)
-    distribution = distribution or _make_strategy(strategy, tpu)
-    import shutil
-    import tempfile
-
-    import keras
-    import tensorflow as tf
-
-    from retinanet import callbacks as rcallbacks
-    from retinanet.evaluation import EvaluationCallback, evaluate, write_report
-
-    keras.mixed_precision.set_global_policy(precision)
-    keras.utils.set_random_seed(config.seed)
-    if config.train.deterministic:
-        tf.config.experimental.enable_op_determinism()
-
-    train_set, val_set = datasets["train"], datasets["val"]
-    class_names, category_ids = train_set.class_names, train_set.category_ids
-    is_chief, task_id = _worker(distribution)
-    multi_worker = strategy == "multi_worker_mirrored"
-    if is_chief:
-        write_dir = workdir
-    elif keep_worker_dirs:
-        write_dir = os.path.join(workdir, "workers", f"worker_{task_id}")
-    else:
-        write_dir = tempfile.mkdtemp(prefix=f"retinanet-worker{task_id}-")
-    os.makedirs(write_dir, exist_ok=True)
-    if is_chief:
-        _check_resumed_config(config, workdir)
-        rconfig.save(config, workdir)
-        _atomic_json(os.path.join(workdir, "classes.json"),
-                     {"class_names": class_names, "category_ids": category_ids})
-
-    steps = rconfig.steps_per_epoch(config, len(train_set))
-    epochs = config.train.epochs
-    backup_dir = os.path.join(workdir, "backup")
-    initial_epoch = rcallbacks.ResumableBackup.saved_epoch(backup_dir)
-    csv_path = os.path.join(write_dir, "training_log.csv")
-    if initial_epoch:
-        print(f"Resuming from the backup in {backup_dir}: {initial_epoch} of {epochs} epochs "
-              "done", flush=True)
-        if is_chief:
-            _truncate_csv(csv_path, initial_epoch)
-
-    train_data = rconfig.train_pipeline(config, train_set)
-    if config.train.deterministic and initial_epoch:
-        # Same batches as an uninterrupted run: the repeated stream is seeded, so skipping the
-        # finished epochs' batches continues it exactly.
-        train_data = train_data.skip(min(initial_epoch, epochs) * steps)
-    val_data = rconfig.eval_pipeline(config, val_set)
-    if multi_worker:
-        options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = \
-            tf.data.experimental.AutoShardPolicy.DATA
-        train_data = train_data.with_options(options)
-
-    with distribution.scope():
-        model = rconfig.build_model(config, len(class_names))
-        rconfig.compile_model(model, config, steps * epochs)
-    print(f"Training {config.name}: {len(train_set)} training and {len(val_set)} validation "
-          f"images, {len(class_names)} classes, {epochs} epochs of {steps} steps, global batch "
-          f"{config.data.batch_size}, strategy {strategy} "
-          f"({distribution.num_replicas_in_sync} replicas), precision {precision}",
-          flush=True)
-
-    checkpoint_dir = os.path.join(write_dir, "checkpoints")
-    callbacks = []
-    every = config.train.eval_every_n_epochs
-    if every and not multi_worker:
-        # Evaluation first: the callbacks after it read val_AP from the logs.
-        callbacks.append(EvaluationCallback(
-            val_data, every_n_epochs=every, class_names=class_names, prefix="val_",
-            verbose=1 if verbose == 1 else 0, category_ids=category_ids,
-            voc_iou_threshold=config.eval.voc_iou_threshold, voc_method=config.eval.voc_method))
-    elif every:
-        print("multi_worker_mirrored: no evaluation between epochs (the chief evaluates the "
-              "last checkpoint at the end); best.keras is not written", flush=True)
-    callbacks += [
-        rcallbacks.StepLogger(),
-        rcallbacks.Checkpoints(checkpoint_dir, monitor="val_AP", mode="max"),
-        keras.callbacks.CSVLogger(csv_path, append=True),
-        *_tensorboard(os.path.join(write_dir, "logs")),
-        keras.callbacks.TerminateOnNaN(),
-        # Last: a backup is written only once every other callback has finished the epoch.
-        rcallbacks.ResumableBackup(backup_dir, write_dir=os.path.join(write_dir, "backup")),
-    ]
-    model.fit(train_data, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks,
-              verbose=verbose)
-    if not is_chief:
-        if not keep_worker_dirs:
-            shutil.rmtree(write_dir, ignore_errors=True)
-        print(f"Worker {task_id} done.", flush=True)
-        return None
-
-    # The final evaluation runs on the chief alone, outside the strategy: under
-    # multi-worker, predicting on the distributed model would wait for the other workers.
-    last = os.path.join(checkpoint_dir, "last.keras")
-    eval_model = keras.saving.load_model(last) if multi_worker else model
-    print(f"Evaluating on {len(val_set)} validation images", flush=True)
-    results = evaluate(eval_model, val_data, class_names=class_names,
-                       category_ids=category_ids, verbose=verbose,
-                       voc_iou_threshold=config.eval.voc_iou_threshold,
-                       voc_method=config.eval.voc_method)
-    write_report(results, workdir, print_table=verbose > 0)
-    _summary(results, workdir)
-    return {"model": eval_model, "results": results, "class_names": class_names,
-            "val_dataset": val_set, "val_data": val_data}
-
-
-def _check_resumed_config(config, workdir: str):
-    """Warns when a run resumes with a config other than the one it started with."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(os.path.join(workdir, "backup", "training_metadata.json")) or \
-            not os.path.isfile(path):
-        return
-    with open(path, encoding="utf-8") as file:
-        saved = json.load(file)
-    current = rconfig.to_dict(config)
-    changed = sorted(_diff(saved, current))
-    if changed:
-        print(f"warning: resuming {workdir} with a changed config ({', '.join(changed)}); "
-              "the backup restores the old run's weights and optimizer state", file=sys.stderr)
-
-
-def _diff(old: dict, new: dict, prefix: str = "config"):
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            yield from _diff(a, b, f"{prefix}.{key}")
-        elif a != b:
-            yield f"{prefix}.{key}"
-
-
-def _summary(results, output_dir):
-    coco, voc = results.get("coco", {}), results.get("voc", {})
-    print(f"AP {coco.get('AP', float('nan')):.3f}  AP50 {coco.get('AP50', float('nan')):.3f}  "
-          f"AP75 {coco.get('AP75', float('nan')):.3f}  VOC mAP {voc.get('mAP', float('nan')):.3f}"
-          f"  -> {os.path.join(output_dir, 'metrics.json')}", flush=True)
+    trainer.train(config, workdir, strategy=FLAGS.strategy, precision=FLAGS.precision,
+                  verbose=FLAGS.verbose, tpu=FLAGS.tpu, keep_worker_dirs=FLAGS.keep_worker_dirs)
 
 
 # -- evaluate -----------------------------------------------------------------------------
@@ -415,7 +184,7 @@ def cmd_evaluate():
                        voc_iou_threshold=config.eval.voc_iou_threshold,
                        voc_method=config.eval.voc_method)
     write_report(results, output, print_table=FLAGS.verbose > 0)
-    _summary(results, output)
+    trainer.summary(results, output)
 
 
 # -- predict ------------------------------------------------------------------------------
@@ -510,7 +279,7 @@ def cmd_predict():
             done += 1
             progbar.update(done)
     path = os.path.join(output, "detections.json")
-    _atomic_json(path, results)
+    trainer.atomic_json(path, results)
     print(f"{len(results)} detections in {done} images -> {path} (COCO results format; "
           f"category_id is the {'dataset category id' if category_ids else '0-based class'})",
           flush=True)
@@ -635,7 +404,7 @@ def cmd_debug_anchors():
     print(f"Matching anchors to the boxes of {len(dataset)} {split} images", flush=True)
     report = anchor_coverage(config, dataset, FLAGS.num_images, output, FLAGS.verbose)
     path = os.path.join(output, "report.json")
-    _atomic_json(path, report)
+    trainer.atomic_json(path, report)
     sizes = ", ".join(f"{name} {v['matched']:.1%} of {v['num_boxes']}"
                       for name, v in report["by_size"].items() if v["num_boxes"])
     print(f"{report['matched']:.1%} of {report['num_boxes']} ground-truth boxes have an anchor "
@@ -659,6 +428,8 @@ HANDLERS = {
 def _main(command, argv):
     if len(argv) > 1:
         _fail(command, f"unexpected arguments {argv[1:]} (flags are --name=value)")
+    if FLAGS.verbose < 2:
+        logging.set_verbosity(logging.WARNING)  # not absl's INFO lines of SavedModel writing
     try:
         HANDLERS[command]()
     except (ValueError, TypeError, OSError, KeyError, AttributeError) as error:

@@ -22,7 +22,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -82,8 +82,9 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     start = time.time()
-    from retinanet import cli
+    logging.set_verbosity(logging.WARNING)  # not absl's INFO lines of SavedModel writing
     from retinanet import config as rconfig
+    from retinanet import trainer
 
     config = FLAGS.config
     rconfig.validate(config)
@@ -94,7 +95,7 @@ def main(argv):
     os.makedirs(workdir, exist_ok=True)
     print(f"== 1/4 Training {config.name} on the CPU into {workdir} (load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)", flush=True)
-    trained = cli.train(config, workdir, verbose=FLAGS.verbose)
+    trained = trainer.train(config, workdir, verbose=FLAGS.verbose)
     train_done = time.time()
 
     print("== 2/4 Exporting a SavedModel", flush=True)
