@@ -428,6 +428,10 @@ HANDLERS = {
 def _main(command, argv):
     if len(argv) > 1:
         _fail(command, f"unexpected arguments {argv[1:]} (flags are --name=value)")
+    if FLAGS.debug:
+        import keras
+
+        keras.config.disable_traceback_filtering()
     if FLAGS.verbose < 2:
         logging.set_verbosity(logging.WARNING)  # not absl's INFO lines of SavedModel writing
     try:

@@ -60,6 +60,10 @@ def default_config() -> ml_collections.ConfigDict:
         # Backbone BatchNormalization momentum; 0 keeps the application's (0.999 in
         # MobileNetV3, whose moving statistics then lag far behind a short from-scratch run).
         batchnorm_momentum=0.0,
+        # With several replicas (mirrored, multi-worker), compute the backbone's trainable
+        # batch statistics over the global batch, so every replica keeps the same moving
+        # statistics (Keras' BatchNormalization(synchronized=True)).
+        sync_batchnorm=True,
         # backbone="simple": channels of the five stride-2 stages (C3, C4, C5 are the last
         # three) and residual blocks per stage after the first.
         simple_widths=(16, 32, 64, 96, 128),
@@ -333,8 +337,15 @@ def build_simple_backbone(widths=(16, 32, 64, 96, 128), blocks=1, name="simple_b
     return keras.Model(inputs, features, name=name)
 
 
-def build_model(config, num_classes: int):
-    """A `RetinaNet` with the configured backbone, widths, anchors, matching and decoding."""
+def build_model(config, num_classes: int, num_replicas: int = 1):
+    """A `RetinaNet` with the configured backbone, widths, anchors, matching and decoding.
+
+    Args:
+        config: the ConfigDict.
+        num_classes: K.
+        num_replicas: replicas of the distribution strategy the model is built under; above
+            1, ``model.sync_batchnorm`` synchronises the backbone's batch statistics.
+    """
     from retinanet.model.retinanet import RetinaNet
 
     model = config.model
@@ -361,15 +372,18 @@ def build_model(config, num_classes: int):
         anchor_generator=anchor_generator, label_encoder=label_encoder,
         postprocessor=build_postprocessor(config, anchor_generator, label_encoder),
     )
-    if model.batchnorm_momentum:
-        import keras
+    import keras
 
-        if not 0.0 < model.batchnorm_momentum < 1.0:
-            raise ConfigError("config.model.batchnorm_momentum: must be in (0, 1), got "
-                              f"{model.batchnorm_momentum}")
-        for layer in retinanet.backbone._flatten_layers():
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.momentum = float(model.batchnorm_momentum)  # saved in get_config()
+    if model.batchnorm_momentum and not 0.0 < model.batchnorm_momentum < 1.0:
+        raise ConfigError("config.model.batchnorm_momentum: must be in (0, 1), got "
+                          f"{model.batchnorm_momentum}")
+    for layer in retinanet.backbone._flatten_layers():
+        if isinstance(layer, keras.layers.BatchNormalization):
+            # Both are read at call time and saved by get_config().
+            if model.batchnorm_momentum:
+                layer.momentum = float(model.batchnorm_momentum)
+            if num_replicas > 1 and model.sync_batchnorm:
+                layer.synchronized = True
     return retinanet
 
 

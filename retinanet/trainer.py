@@ -165,8 +165,11 @@ def train(config, workdir: str, *, strategy: str = "default", precision: str = "
         train_data = train_data.with_options(options)
 
     with distribution.scope():
-        model = rconfig.build_model(config, len(class_names))
+        model = rconfig.build_model(config, len(class_names),
+                                    num_replicas=distribution.num_replicas_in_sync)
         rconfig.compile_model(model, config, steps * epochs)
+        if multi_worker:
+            _multi_worker_workarounds(model)
     print(f"Training {config.name}: {len(train_set)} training and {len(val_set)} validation "
           f"images, {len(class_names)} classes, {epochs} epochs of {steps} steps, global batch "
           f"{config.data.batch_size}, strategy {strategy} "
@@ -215,6 +218,35 @@ def train(config, workdir: str, *, strategy: str = "default", precision: str = "
     summary(results, workdir)
     return {"model": eval_model, "results": results, "class_names": class_names,
             "val_dataset": val_set, "val_data": val_data}
+
+
+def _multi_worker_workarounds(model):
+    """Lets Keras 3's `fit` run under MultiWorkerMirroredStrategy (keras-team/keras#20585).
+
+    Two steps of `fit` fail there, both in Keras, not in the model:
+
+    - Before training, `fit` averages one distributed batch across workers with
+      `strategy.reduce` only to build the model symbolically, and that reduce fails ("Attempt
+      to convert a value (PerReplica...) to a Tensor"). RetinaNet creates its weights in its
+      constructor (only the weightless postprocessor waits for `predict`), so the optimizer
+      is built here and that step becomes a no-op on this model instance.
+    - After each step the logs are averaged with ``strategy.reduce("MEAN", v, axis=0)``, which
+      fails on scalars ("Invalid reduction dimension 0"). The train step here returns them
+      as ``[1]`` vectors, which that reduce averages back to scalars.
+    """
+    import tensorflow as tf
+
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+    train_step = model.train_step
+
+    def train_step_with_vector_logs(data):
+        logs = train_step(data)
+        return {key: tf.reshape(value, [1]) if value.shape.rank == 0 else value
+                for key, value in logs.items()}
+
+    model.train_step = train_step_with_vector_logs
 
 
 def _check_resumed_config(config, workdir: str):
