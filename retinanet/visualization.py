@@ -160,17 +160,26 @@ def plot_gallery(images, detections, path: str, class_names=None, ground_truth=N
         axis.axis("off")
     for index, (image, found) in enumerate(zip(images, detections)):
         tile = _to_uint8(image)
+        # Small images are enlarged (nearest neighbour) before drawing, so that the labels
+        # stay legible at the tile's resolution.
+        zoom = max(1, int(round(tile_inches * 100 / max(tile.shape[:2]))))
+        if zoom > 1:
+            tile = np.repeat(np.repeat(tile, zoom, axis=0), zoom, axis=1)
         if ground_truth is not None:
             truth = ground_truth[index]
             valid = np.asarray(truth["classes"]).reshape(-1) >= 0
-            tile = draw_boxes(tile, np.asarray(truth["boxes"]).reshape(-1, 4)[valid],
+            tile = draw_boxes(tile, np.asarray(truth["boxes"]).reshape(-1, 4)[valid] * zoom,
                               colors=(255, 255, 255), line_width=1)
-        tile = draw_detections(tile, found["boxes"], found["classes"], found.get("scores"),
-                               class_names, score_threshold)
+        tile = draw_detections(tile, np.asarray(found["boxes"]) * zoom, found["classes"],
+                               found.get("scores"), class_names, score_threshold)
         axis = axes.ravel()[index]
         axis.imshow(tile)
         if titles is not None:
             axis.set_title(titles[index], fontsize=9)
+    legend = f"detections with score >= {score_threshold:g}, coloured by class"
+    if ground_truth is not None:
+        legend += "; ground truth in white"
+    figure.suptitle(legend, fontsize=10)
     figure.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     figure.savefig(path, dpi=100)
