@@ -17,8 +17,9 @@ venv: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
+# The demo trains on the CPU even where a GPU is visible (it is sized for two cores).
 demo: $(STAMP)
-	$(PY) -m retinanet.demo
+	CUDA_VISIBLE_DEVICES= TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m retinanet.demo
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[bench]"

@@ -436,7 +436,8 @@ def _main(command, argv):
         logging.set_verbosity(logging.WARNING)  # not absl's INFO lines of SavedModel writing
     try:
         HANDLERS[command]()
-    except (ValueError, TypeError, OSError, KeyError, AttributeError) as error:
+    except (ValueError, TypeError, OSError, KeyError, AttributeError,
+            FloatingPointError) as error:
         if FLAGS.debug:
             raise
         _fail(command, error)

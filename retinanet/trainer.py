@@ -188,17 +188,20 @@ def train(config, workdir: str, *, strategy: str = "default", precision: str = "
     elif every:
         print("multi_worker_mirrored: no evaluation between epochs (the chief evaluates the "
               "last checkpoint at the end); best.keras is not written", flush=True)
+    nonfinite = rcallbacks.StopOnNonFiniteLoss()
     callbacks += [
+        nonfinite,
         rcallbacks.StepLogger(),
         rcallbacks.Checkpoints(checkpoint_dir, monitor="val_AP", mode="max"),
         keras.callbacks.CSVLogger(csv_path, append=True),
         *_tensorboard(os.path.join(write_dir, "logs")),
-        keras.callbacks.TerminateOnNaN(),
         # Last: a backup is written only once every other callback has finished the epoch.
         rcallbacks.ResumableBackup(backup_dir, write_dir=os.path.join(write_dir, "backup")),
     ]
     model.fit(train_data, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks,
               verbose=verbose)
+    if nonfinite.message():
+        raise FloatingPointError(nonfinite.message())
     if not is_chief:
         if not keep_worker_dirs:
             shutil.rmtree(write_dir, ignore_errors=True)

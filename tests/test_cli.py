@@ -272,3 +272,16 @@ def test_multi_worker_training_keeps_workers_in_sync(tmp_path):
     assert [int(r["step"]) for r in read_csv(workdir / "training_log.csv")] == [3]
     for a, b in zip(*weights):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_non_finite_loss_stops_with_a_message_and_saves_nothing(tmp_path):
+    workdir = tmp_path / "run"
+    result = cli("train", f"--config={TINY}", f"--workdir={workdir}",
+                 "--config.train.learning_rate=1e30", "--config.train.clipnorm=0.0",
+                 "--config.train.eval_every_n_epochs=0", "--verbose=0", check=False)
+    lines = program_lines(result.stderr)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "NaN or infinite at optimizer step" in lines[-1] and "learning_rate" in lines[-1]
+    assert not (workdir / "checkpoints" / "last.keras").exists()
+    assert not (workdir / "backup" / "training_metadata.json").exists()
