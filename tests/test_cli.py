@@ -182,21 +182,17 @@ def test_bad_input_gives_one_line_error(args, expected, tmp_path):
     assert expected in lines[0]
 
 
-@pytest.mark.slow
-def test_killed_training_resumes_where_it_stopped(tmp_path):
-    workdir = tmp_path / "run"
-    args = [sys.executable, "-m", "retinanet.cli", "train", f"--config={TINY}",
-            f"--workdir={workdir}", "--config.train.epochs=4", "--config.train.steps_per_epoch=3",
-            "--config.train.eval_every_n_epochs=2", "--verbose=2"]
+def _train_and_kill(args, workdir, after_epoch=1, timeout=420):
+    """Starts `args`, SIGKILLs it once the backup holds `after_epoch` epochs; returns them."""
     environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     process = subprocess.Popen(args, cwd=ROOT, env=environment, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     metadata = workdir / "backup" / "training_metadata.json"
-    deadline = time.time() + 420
+    deadline = time.time() + timeout
     try:
-        # Kill once the backup of epoch 1 or 2 exists: between epochs or inside the next one.
+        # Between epochs or inside the next one: either way the finished epochs are kept.
         while time.time() < deadline and process.poll() is None:
-            if metadata.is_file() and json.loads(metadata.read_text())["epoch"] >= 1:
+            if metadata.is_file() and json.loads(metadata.read_text())["epoch"] >= after_epoch:
                 break
             time.sleep(0.2)
         assert process.poll() is None, "training ended before it could be killed"
@@ -205,9 +201,24 @@ def test_killed_training_resumes_where_it_stopped(tmp_path):
     finally:
         if process.poll() is None:
             process.kill()
-    done = json.loads(metadata.read_text())["epoch"]
-    assert 1 <= done < 4
+    return json.loads(metadata.read_text())["epoch"]
 
+
+def _train_args(workdir, *overrides):
+    return [sys.executable, "-m", "retinanet.cli", "train", f"--config={TINY}",
+            f"--workdir={workdir}", "--config.train.epochs=4", "--config.train.steps_per_epoch=3",
+            "--config.train.eval_every_n_epochs=2", "--verbose=2", *overrides]
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_where_it_stopped(tmp_path):
+    workdir = tmp_path / "run"
+    args = _train_args(workdir)
+    done = _train_and_kill(args, workdir)
+    assert 1 <= done < 4
+    metadata = workdir / "backup" / "training_metadata.json"
+
+    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     result = subprocess.run(args, cwd=ROOT, env=environment, capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-5000:]
@@ -222,6 +233,30 @@ def test_killed_training_resumes_where_it_stopped(tmp_path):
     assert (workdir / "metrics.json").is_file()
     best = json.loads((workdir / "checkpoints" / "best.json").read_text())
     assert best["epoch"] in (2, 4)
+    # A finished run is not trained again: the same command only evaluates.
+    again = subprocess.run(args, cwd=ROOT, env=environment, capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0 and "4 of 4 epochs done" in again.stdout
+    assert len(read_csv(workdir / "training_log.csv")) == 4
+
+
+@pytest.mark.slow
+def test_deterministic_resume_matches_an_uninterrupted_run(tmp_path):
+    import keras
+
+    import retinanet  # noqa: F401  (custom objects)
+
+    deterministic = ("--config.train.deterministic=True", "--config.train.eval_every_n_epochs=0")
+    straight = tmp_path / "straight"
+    cli(*_train_args(straight, *deterministic)[3:])
+    resumed = tmp_path / "resumed"
+    args = _train_args(resumed, *deterministic)
+    assert 1 <= _train_and_kill(args, resumed) < 4
+    cli(*args[3:])
+    weights = [keras.saving.load_model(run / "checkpoints" / "last.keras").get_weights()
+               for run in (straight, resumed)]
+    for a, b in zip(*weights):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def _free_ports(count):
