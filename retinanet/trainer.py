@@ -198,8 +198,9 @@ def train(config, workdir: str, *, strategy: str = "default", precision: str = "
         # Last: a backup is written only once every other callback has finished the epoch.
         rcallbacks.ResumableBackup(backup_dir, write_dir=os.path.join(write_dir, "backup")),
     ]
+    # The pipeline shuffles; shuffle=False only tells Keras not to warn that it cannot.
     model.fit(train_data, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks,
-              verbose=verbose)
+              verbose=verbose, shuffle=False)
     if nonfinite.message():
         raise FloatingPointError(nonfinite.message())
     if not is_chief:
