@@ -29,46 +29,6 @@ def _read_json(path: str):
         return None
 
 
-class StopOnNonFiniteLoss(keras.callbacks.Callback):
-    """Stops training at the first non-finite loss and keeps the checkpoints as they were.
-
-    Unlike `keras.callbacks.TerminateOnNaN`, it marks the model (``model.stopped_on_nonfinite
-    = (epoch, batch, step)``) so that `Checkpoints` and `ResumableBackup` skip their save at
-    the end of that epoch: the last good checkpoint and backup stay intact. `message()`
-    names the step and the usual causes.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.epoch = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is None or math.isfinite(float(loss)):
-            return
-        step = int(self.model.optimizer.iterations.numpy()) if self.model.optimizer else None
-        self.model.stopped_on_nonfinite = (self.epoch, batch, step)
-        self.model.stop_training = True
-
-    def message(self):
-        where = getattr(self.model, "stopped_on_nonfinite", None)
-        if where is None:
-            return None
-        epoch, batch, step = where
-        return (f"the loss became NaN or infinite at optimizer step {step} (epoch {epoch + 1}, "
-                f"batch {batch + 1}); training stopped and the checkpoints of the last good "
-                "epoch were kept. Usual causes: a learning rate too high for the batch size "
-                "(lower config.train.learning_rate, raise warmup_steps, keep clipnorm) or bad "
-                "boxes in the data (check them with `retinanet debug-anchors`).")
-
-
-def _stopped(model) -> bool:
-    return getattr(model, "stopped_on_nonfinite", None) is not None
-
-
 class StepLogger(keras.callbacks.Callback):
     """Adds the optimizer's step count and learning rate to the epoch logs (CSV, TensorBoard).
 
@@ -125,8 +85,6 @@ class Checkpoints(keras.callbacks.Callback):
         os.replace(tmp, path)
 
     def on_epoch_end(self, epoch, logs=None):
-        if _stopped(self.model):
-            return
         os.makedirs(self.directory, exist_ok=True)
         self._save(self.last_path)
         value = (logs or {}).get(self.monitor)
@@ -195,8 +153,6 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
                          "the folder to start over")
 
     def _save_model(self):
-        if _stopped(self.model):
-            return
         os.makedirs(self.write_dir, exist_ok=True)
         metadata_path = os.path.join(self.write_dir, self.METADATA)
         previous = _read_json(metadata_path) or {}

@@ -188,9 +188,9 @@ def train(config, workdir: str, *, strategy: str = "default", precision: str = "
     elif every:
         print("multi_worker_mirrored: no evaluation between epochs (the chief evaluates the "
               "last checkpoint at the end); best.keras is not written", flush=True)
-    nonfinite = rcallbacks.StopOnNonFiniteLoss()
     callbacks += [
-        nonfinite,
+        # Raises at the first non-finite loss, before any callback saves the broken weights.
+        rcallbacks.NonFiniteLossGuard(),
         rcallbacks.StepLogger(),
         rcallbacks.Checkpoints(checkpoint_dir, monitor="val_AP", mode="max"),
         keras.callbacks.CSVLogger(csv_path, append=True),
@@ -201,8 +201,6 @@ def train(config, workdir: str, *, strategy: str = "default", precision: str = "
     # The pipeline shuffles; shuffle=False only tells Keras not to warn that it cannot.
     model.fit(train_data, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks,
               verbose=verbose, shuffle=False)
-    if nonfinite.message():
-        raise FloatingPointError(nonfinite.message())
     if not is_chief:
         if not keep_worker_dirs:
             shutil.rmtree(write_dir, ignore_errors=True)
