@@ -7,26 +7,12 @@ at its new one, never half written.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 
 import keras
 
-
-def _atomic_json(path: str, value):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as file:
-        json.dump(value, file, indent=2)
-    os.replace(tmp, path)
-
-
-def _read_json(path: str):
-    try:
-        with open(path, encoding="utf-8") as file:
-            return json.load(file)
-    except (OSError, json.JSONDecodeError):
-        return None
+from retinanet.atomic import read_json, write_json
 
 
 class StepLogger(keras.callbacks.Callback):
@@ -68,7 +54,7 @@ class Checkpoints(keras.callbacks.Callback):
         self.last_path = os.path.join(directory, "last.keras")
         self.best_path = os.path.join(directory, "best.keras")
         self.state_path = os.path.join(directory, "best.json")
-        state = _read_json(self.state_path) or {}
+        state = read_json(self.state_path) or {}
         self.best = state.get(monitor)
         self.best_epoch = state.get("epoch")
 
@@ -92,7 +78,7 @@ class Checkpoints(keras.callbacks.Callback):
         if self._improved(value):
             self._save(self.best_path)
             self.best, self.best_epoch = value, epoch + 1
-            _atomic_json(self.state_path, {self.monitor: value, "epoch": epoch + 1})
+            write_json(self.state_path, {self.monitor: value, "epoch": epoch + 1})
 
 
 class ResumableBackup(keras.callbacks.BackupAndRestore):
@@ -121,14 +107,14 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
     @classmethod
     def saved_epoch(cls, backup_dir: str) -> int:
         """Number of finished epochs in a backup folder (0 when there is none)."""
-        metadata = _read_json(os.path.join(backup_dir, cls.METADATA)) or {}
+        metadata = read_json(os.path.join(backup_dir, cls.METADATA)) or {}
         return int(metadata.get("epoch", 0))
 
     def on_train_begin(self, logs=None):
         self._load_model()
 
     def _load_model(self):
-        metadata = _read_json(os.path.join(self.backup_dir, self.METADATA))
+        metadata = read_json(os.path.join(self.backup_dir, self.METADATA))
         if not metadata:
             return
         if not self.model.built:
@@ -155,7 +141,7 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
     def _save_model(self):
         os.makedirs(self.write_dir, exist_ok=True)
         metadata_path = os.path.join(self.write_dir, self.METADATA)
-        previous = _read_json(metadata_path) or {}
+        previous = read_json(metadata_path) or {}
         name = f"epoch_{self._current_epoch:05d}_batch_{self._last_batch_seen:06d}.weights.h5"
         tmp = os.path.join(self.write_dir, f"tmp_{name}")
         self.model.save_weights(tmp, overwrite=True)
@@ -165,7 +151,7 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         if previous.get("weights") and previous["weights"] != name:
             metadata["previous_weights"] = previous["weights"]
             metadata["previous_epoch"] = previous.get("epoch", 0)
-        _atomic_json(metadata_path, metadata)
+        write_json(metadata_path, metadata)
         keep = {name, metadata.get("previous_weights")}
         for old in os.listdir(self.write_dir):
             if old.endswith(".weights.h5") and old not in keep:

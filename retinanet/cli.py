@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -35,6 +36,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from retinanet import atomic  # noqa: E402
 from retinanet import config as rconfig  # noqa: E402
 from retinanet import trainer  # noqa: E402
 from retinanet.trainer import PRECISIONS, STRATEGIES, UsageError  # noqa: E402
@@ -279,7 +281,7 @@ def cmd_predict():
             done += 1
             progbar.update(done)
     path = os.path.join(output, "detections.json")
-    trainer.atomic_json(path, results)
+    atomic.write_json(path, results)
     print(f"{len(results)} detections in {done} images -> {path} (COCO results format; "
           f"category_id is the {'dataset category id' if category_ids else '0-based class'})",
           flush=True)
@@ -404,7 +406,7 @@ def cmd_debug_anchors():
     print(f"Matching anchors to the boxes of {len(dataset)} {split} images", flush=True)
     report = anchor_coverage(config, dataset, FLAGS.num_images, output, FLAGS.verbose)
     path = os.path.join(output, "report.json")
-    trainer.atomic_json(path, report)
+    atomic.write_json(path, report)
     sizes = ", ".join(f"{name} {v['matched']:.1%} of {v['num_boxes']}"
                       for name, v in report["by_size"].items() if v["num_boxes"])
     print(f"{report['matched']:.1%} of {report['num_boxes']} ground-truth boxes have an anchor "
@@ -436,6 +438,8 @@ def _main(command, argv):
         logging.set_verbosity(logging.WARNING)  # not absl's INFO lines of SavedModel writing
     try:
         HANDLERS[command]()
+    except KeyboardInterrupt as interrupt:  # the trainer has said what was saved
+        sys.exit(getattr(interrupt, "exit_code", 128 + signal.SIGINT))
     except (ValueError, TypeError, OSError, KeyError, AttributeError,
             FloatingPointError) as error:
         if FLAGS.debug:

@@ -26,6 +26,8 @@ import os
 
 import ml_collections
 
+from retinanet import atomic
+
 DATA_FORMATS = ("shapes", "coco", "voc", "yolo", "csv", "tfds")
 OPTIMIZERS = ("adam", "adamw", "sgd", "reference")
 SCHEDULES = ("constant", "cosine", "step")
@@ -209,7 +211,7 @@ def save(config, directory: str):
     """Writes ``config.json`` and ``config.py`` (loadable with ``--config=``) into directory."""
     os.makedirs(directory, exist_ok=True)
     text = json.dumps(to_dict(config), indent=2, sort_keys=True)
-    _atomic_write(os.path.join(directory, "config.json"), text + "\n")
+    atomic.write_text(os.path.join(directory, "config.json"), text + "\n")
     module = (
         '"""Config saved by `retinanet train`; use it as --config=<this file> and override\n'
         'fields on the command line (--config.train.epochs=...)."""\n\n'
@@ -217,14 +219,7 @@ def save(config, directory: str):
         f"CONFIG_JSON = {text!r}\n\n\n"
         "def get_config():\n    return from_dict(json.loads(CONFIG_JSON))\n"
     )
-    _atomic_write(os.path.join(directory, "config.py"), module)
-
-
-def _atomic_write(path: str, text: str):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as file:
-        file.write(text)
-    os.replace(tmp, path)
+    atomic.write_text(os.path.join(directory, "config.py"), module)
 
 
 def validate(config):

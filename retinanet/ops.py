@@ -6,7 +6,6 @@ tensors, has no state and works eagerly and inside a ``tf.function``.
 """
 
 import math
-import numbers
 
 import numpy as np
 import tensorflow as tf

@@ -6,10 +6,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 
+from retinanet import atomic
 from retinanet import config as rconfig
 
 STRATEGIES = ("default", "mirrored", "multi_worker_mirrored", "tpu")
@@ -20,12 +24,31 @@ class UsageError(ValueError):
     """A flag, argument or environment setting is missing or wrong; the message names it."""
 
 
-def atomic_json(path: str, value):
-    """Writes JSON to a temporary file, then renames it over ``path``."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as file:
-        json.dump(value, file, indent=2)
-    os.replace(tmp, path)
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGTERM stopped training; the backup holds every finished epoch."""
+
+    exit_code = 128 + signal.SIGTERM
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """Turns SIGTERM (preemption, `kill`, a scheduler's timeout) into `TrainingInterrupted`.
+
+    Without it SIGTERM ends the process silently. Every file is written atomically, so
+    stopping between any two Python statements keeps the last saved state loadable.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be installed from the main thread
+        return
+
+    def interrupt(signum, frame):
+        raise TrainingInterrupted(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def make_strategy(name: str = "default", tpu: str = ""):
@@ -82,9 +105,7 @@ def _truncate_csv(path: str, first_epoch: int):
     kept = [lines[0]] + [line for line in lines[1:]
                          if line.strip() and int(line.split(",", 1)[0]) < first_epoch]
     if len(kept) != len(lines):
-        with open(f"{path}.tmp", "w", encoding="utf-8") as file:
-            file.writelines(kept)
-        os.replace(f"{path}.tmp", path)
+        atomic.write_text(path, "".join(kept))
 
 
 def train(config, workdir: str, *, strategy: str = "default", precision: str = "float32",
@@ -138,8 +159,8 @@ def train(config, workdir: str, *, strategy: str = "default", precision: str = "
     if is_chief:
         _check_resumed_config(config, workdir)
         rconfig.save(config, workdir)
-        atomic_json(os.path.join(workdir, "classes.json"),
-                     {"class_names": class_names, "category_ids": category_ids})
+        atomic.write_json(os.path.join(workdir, "classes.json"),
+                          {"class_names": class_names, "category_ids": category_ids})
 
     steps = rconfig.steps_per_epoch(config, len(train_set))
     epochs = config.train.epochs
@@ -198,9 +219,18 @@ def train(config, workdir: str, *, strategy: str = "default", precision: str = "
         # Last: a backup is written only once every other callback has finished the epoch.
         rcallbacks.ResumableBackup(backup_dir, write_dir=os.path.join(write_dir, "backup")),
     ]
-    # The pipeline shuffles; shuffle=False only tells Keras not to warn that it cannot.
-    model.fit(train_data, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks,
-              verbose=verbose, shuffle=False)
+    try:
+        with _sigterm_interrupts():
+            # The pipeline shuffles; shuffle=False only tells Keras not to warn that it cannot.
+            model.fit(train_data, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks,
+                      verbose=verbose, shuffle=False)
+    except KeyboardInterrupt as interrupt:  # Ctrl-C or SIGTERM
+        written = os.path.join(write_dir, "backup")
+        saved = rcallbacks.ResumableBackup.saved_epoch(written)
+        print(f"\nTraining interrupted ({interrupt or 'Ctrl-C'}): {saved} of {epochs} epochs "
+              f"are saved in {written}. Run the same command again to resume.",
+              file=sys.stderr, flush=True)
+        raise
     if not is_chief:
         if not keep_worker_dirs:
             shutil.rmtree(write_dir, ignore_errors=True)

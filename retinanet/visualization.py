@@ -143,10 +143,9 @@ def plot_gallery(images, detections, path: str, class_names=None, ground_truth=N
         columns: tiles per row.
         score_threshold: detections below it are not drawn.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A bare Figure draws off-screen without touching pyplot's global backend, so notebooks
+    # keep their inline plots.
+    from matplotlib.figure import Figure
 
     if len(images) != len(detections):
         raise ValueError(f"plot_gallery got {len(images)} images but {len(detections)} "
@@ -154,8 +153,8 @@ def plot_gallery(images, detections, path: str, class_names=None, ground_truth=N
     count = len(images)
     columns = max(1, min(columns, count))
     rows = max(1, -(-count // columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(tile_inches * columns,
-                                                        tile_inches * rows), squeeze=False)
+    figure = Figure(figsize=(tile_inches * columns, tile_inches * rows))
+    axes = figure.subplots(rows, columns, squeeze=False)
     for axis in axes.ravel():
         axis.axis("off")
     for index, (image, found) in enumerate(zip(images, detections)):
@@ -183,7 +182,6 @@ def plot_gallery(images, detections, path: str, class_names=None, ground_truth=N
     figure.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     figure.savefig(path, dpi=100)
-    plt.close(figure)
     return path
 
 

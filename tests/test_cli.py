@@ -182,11 +182,14 @@ def test_bad_input_gives_one_line_error(args, expected, tmp_path):
     assert expected in lines[0]
 
 
-def _train_and_kill(args, workdir, after_epoch=1, timeout=420):
-    """Starts `args`, SIGKILLs it once the backup holds `after_epoch` epochs; returns them."""
+def _train_and_kill(args, workdir, after_epoch=1, timeout=420, sig=signal.SIGKILL):
+    """Starts `args`, sends `sig` once the backup holds `after_epoch` epochs.
+
+    Returns (epochs in the backup, the process's exit code, its stderr).
+    """
     environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     process = subprocess.Popen(args, cwd=ROOT, env=environment, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+                               stderr=subprocess.PIPE, text=True)
     metadata = workdir / "backup" / "training_metadata.json"
     deadline = time.time() + timeout
     try:
@@ -196,12 +199,12 @@ def _train_and_kill(args, workdir, after_epoch=1, timeout=420):
                 break
             time.sleep(0.2)
         assert process.poll() is None, "training ended before it could be killed"
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=60)
+        process.send_signal(sig)
+        _, stderr = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
-    return json.loads(metadata.read_text())["epoch"]
+    return json.loads(metadata.read_text())["epoch"], process.returncode, stderr
 
 
 def _train_args(workdir, *overrides):
@@ -211,11 +214,19 @@ def _train_args(workdir, *overrides):
 
 
 @pytest.mark.slow
-def test_killed_training_resumes_where_it_stopped(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_killed_training_resumes_where_it_stopped(tmp_path, sig):
     workdir = tmp_path / "run"
     args = _train_args(workdir)
-    done = _train_and_kill(args, workdir)
+    done, returncode, stderr = _train_and_kill(args, workdir, sig=sig)
     assert 1 <= done < 4
+    if sig == signal.SIGTERM:  # a clean stop that says what was kept
+        assert returncode == 128 + signal.SIGTERM, stderr[-3000:]
+        assert f"Training interrupted (SIGTERM): {done} of 4 epochs are saved in " \
+            f"{workdir / 'backup'}" in stderr
+        assert "Traceback" not in stderr
+    else:
+        assert returncode == -signal.SIGKILL
     metadata = workdir / "backup" / "training_metadata.json"
 
     environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
@@ -251,12 +262,77 @@ def test_deterministic_resume_matches_an_uninterrupted_run(tmp_path):
     cli(*_train_args(straight, *deterministic)[3:])
     resumed = tmp_path / "resumed"
     args = _train_args(resumed, *deterministic)
-    assert 1 <= _train_and_kill(args, resumed) < 4
+    assert 1 <= _train_and_kill(args, resumed)[0] < 4
     cli(*args[3:])
     weights = [keras.saving.load_model(run / "checkpoints" / "last.keras").get_weights()
                for run in (straight, resumed)]
     for a, b in zip(*weights):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+# Runs `retinanet ARGS` with FUNCTION (module:attribute) replaced so that its CALL-th call
+# SIGKILLs the process: "torn" lets the call write its file, cuts the file in half and then
+# dies (the file system state of a kill mid-write); "before" dies before the call runs.
+KILL_DURING = """
+import importlib, os, signal, sys
+target, call, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+module_name, _, attribute = target.partition(":")
+owner = importlib.import_module(module_name)
+for part in attribute.split(".")[:-1]:
+    owner = getattr(owner, part)
+name = attribute.split(".")[-1]
+original, calls = getattr(owner, name), []
+def dying(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == call and mode == "before":
+        os.kill(os.getpid(), signal.SIGKILL)
+    result = original(*args, **kwargs)
+    if len(calls) == call:
+        path = str(args[1] if isinstance(owner, type) else args[0])
+        with open(path, "r+b") as file:
+            file.truncate(os.path.getsize(path) // 2)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return result
+setattr(owner, name, dying)
+from retinanet import cli
+cli.run(["retinanet"] + sys.argv[4:])
+"""
+
+
+@pytest.mark.slow
+def test_a_kill_during_any_save_leaves_checkpoints_that_load_and_resume(tmp_path):
+    import keras
+
+    import retinanet  # noqa: F401  (custom objects)
+
+    workdir = tmp_path / "run"
+    script = tmp_path / "kill_during.py"
+    script.write_text(KILL_DURING)
+    args = _train_args(workdir, "--config.train.eval_every_n_epochs=0")[3:]
+    backup, last = workdir / "backup", workdir / "checkpoints" / "last.keras"
+    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    # Each run resumes and then dies in a different save; (last.keras, backup) epochs after.
+    crashes = [("keras:Model.save", 2, "torn", 1, 1),          # last.keras of epoch 2
+               ("keras:Model.save_weights", 2, "torn", 3, 2),  # the backup of epoch 3
+               ("retinanet.callbacks:write_json", 2, "before", 4, 3)]  # its metadata, epoch 4
+    for target, call, mode, last_epochs, backup_epochs in crashes:
+        run = subprocess.run([sys.executable, str(script), target, str(call), mode, *args],
+                             cwd=ROOT, env=environment, capture_output=True, text=True,
+                             timeout=600)
+        assert run.returncode == -signal.SIGKILL, run.stderr[-3000:]
+        if mode == "torn":  # the kill did leave a half-written file behind
+            assert list(workdir.rglob("*tmp*")), "no torn temporary file"
+        # Both files load and hold whole epochs: 3 optimizer steps each.
+        model = keras.saving.load_model(last)
+        assert int(model.optimizer.iterations.numpy()) == 3 * last_epochs
+        metadata = json.loads((backup / "training_metadata.json").read_text())
+        assert metadata["epoch"] == backup_epochs
+        model.load_weights(backup / metadata["weights"])
+        assert int(model.optimizer.iterations.numpy()) == 3 * backup_epochs
+    finished = cli(*args)
+    assert "3 of 4 epochs done" in finished.stdout
+    assert int(keras.saving.load_model(last).optimizer.iterations.numpy()) == 12
+    assert [int(row["epoch"]) for row in read_csv(workdir / "training_log.csv")] == [0, 1, 2, 3]
 
 
 def _free_ports(count):

@@ -8,7 +8,7 @@ from conftest import make_squares, make_tiny_backbone
 
 import retinanet
 from retinanet.evaluation import VOCEvaluator
-from retinanet.model import FeaturePyramid, RetinaNetHead, build_backbone
+from retinanet.model import FeaturePyramid, RetinaNetHead
 
 
 @pytest.fixture(scope="module")

@@ -30,9 +30,9 @@ def voc_box_to_xyxy(xmin: float, ymin: float, xmax: float, ymax: float):
 
 def _layout(root: str):
     """(annotation_dir, image_dir) of a VOC devkit year folder or a flat folder."""
-    for annotations, images in (("Annotations", "JPEGImages"), ("annotations", "images")):
-        if os.path.isdir(os.path.join(root, annotations)):
-            return os.path.join(root, annotations), os.path.join(root, images)
+    for annotation_dir, image_dir in (("Annotations", "JPEGImages"), ("annotations", "images")):
+        if os.path.isdir(os.path.join(root, annotation_dir)):
+            return os.path.join(root, annotation_dir), os.path.join(root, image_dir)
     raise ValueError(f"root {root!r} has neither Annotations/ + JPEGImages/ (a VOC devkit "
                      "year folder) nor annotations/ + images/")
 
