@@ -26,6 +26,7 @@ def get_config():
     config.model.backbone = "resnet50"
     config.model.backbone_weights = "imagenet"
     config.model.frozen_batchnorm = True
+    config.model.frozen_early_stages = True  # stem and res2, as Detectron's FREEZE_AT=2
     config.model.fpn_filters = 256
     config.model.head_convs = 4
     config.model.head_filters = 256

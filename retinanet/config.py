@@ -55,6 +55,7 @@ def default_config() -> ml_collections.ConfigDict:
         backbone_weights="",  # "" (random init), "imagenet" or a .weights.h5 path
         freeze_backbone=False,
         frozen_batchnorm=True,  # False to train a backbone from scratch
+        frozen_early_stages=True,  # the layers at strides 2 and 4; False to train from scratch
         fpn_filters=256,
         head_convs=4,
         head_filters=256,
@@ -357,7 +358,8 @@ def build_model(config, num_classes: int, num_replicas: int = 1):
         named = {}
     else:
         backbone = model.backbone
-        named = {"backbone_weights": weights, "frozen_batchnorm": model.frozen_batchnorm}
+        named = {"backbone_weights": weights, "frozen_batchnorm": model.frozen_batchnorm,
+                 "frozen_early_stages": model.frozen_early_stages}
     retinanet = _call(
         "config.model", RetinaNet,
         num_classes=num_classes, backbone=backbone, **named,

@@ -227,8 +227,9 @@ def train(config, workdir: str, *, strategy: str = "default", precision: str = "
     except KeyboardInterrupt as interrupt:  # Ctrl-C or SIGTERM
         written = os.path.join(write_dir, "backup")
         saved = rcallbacks.ResumableBackup.saved_epoch(written)
-        print(f"\nTraining interrupted ({interrupt or 'Ctrl-C'}): {saved} of {epochs} epochs "
-              f"are saved in {written}. Run the same command again to resume.",
+        cause = str(interrupt) or "Ctrl-C"
+        print(f"\nTraining interrupted ({cause}): {saved} of {epochs} epochs are saved in "
+              f"{written}. Run the same command again to resume.",
               file=sys.stderr, flush=True)
         raise
     if not is_chief:

@@ -214,19 +214,21 @@ def _train_args(workdir, *overrides):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT],
+                         ids=["SIGKILL", "SIGTERM", "Ctrl-C"])
 def test_killed_training_resumes_where_it_stopped(tmp_path, sig):
     workdir = tmp_path / "run"
     args = _train_args(workdir)
     done, returncode, stderr = _train_and_kill(args, workdir, sig=sig)
     assert 1 <= done < 4
-    if sig == signal.SIGTERM:  # a clean stop that says what was kept
-        assert returncode == 128 + signal.SIGTERM, stderr[-3000:]
-        assert f"Training interrupted (SIGTERM): {done} of 4 epochs are saved in " \
+    if sig == signal.SIGKILL:
+        assert returncode == -signal.SIGKILL
+    else:  # a clean stop that says what was kept
+        assert returncode == 128 + sig, stderr[-3000:]
+        cause = "SIGTERM" if sig == signal.SIGTERM else "Ctrl-C"
+        assert f"Training interrupted ({cause}): {done} of 4 epochs are saved in " \
             f"{workdir / 'backup'}" in stderr
         assert "Traceback" not in stderr
-    else:
-        assert returncode == -signal.SIGKILL
     metadata = workdir / "backup" / "training_metadata.json"
 
     environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")

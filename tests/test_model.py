@@ -108,6 +108,44 @@ def test_frozen_batchnorm_and_freeze_backbone():
     assert frozen.fpn.trainable_weights and frozen.box_head.trainable_weights
 
 
+def test_frozen_early_stages_are_the_stem_and_res2(resnet50_model):
+    features = resnet50_model.backbone.layers[-1]
+    frozen = [layer.name for layer in features.layers if layer.weights and not layer.trainable
+              and not isinstance(layer, keras.layers.BatchNormalization)]
+    assert frozen[0] == "conv1_conv" and frozen[-1].startswith("conv2_block3")
+    assert all(name.startswith(("conv1_", "conv2_")) for name in frozen)
+    assert features.get_layer("conv3_block1_1_conv").trainable
+    # By hand: conv1 7x7x3x64 + 64; res2 block 1 has 1x1 64->64, 3x3 64->64, 1x1 64->256
+    # and the 1x1 64->256 shortcut; blocks 2 and 3 start with 1x1 256->64 instead.
+    conv1 = 7 * 7 * 3 * 64 + 64
+    block1 = (64 * 64 + 64) + (9 * 64 * 64 + 64) + 2 * (64 * 256 + 256)
+    block23 = (256 * 64 + 64) + (9 * 64 * 64 + 64) + (64 * 256 + 256)
+    trainable = retinanet.RetinaNet(20, backbone="resnet50", frozen_early_stages=False)
+    assert _trainable_count(trainable) - _trainable_count(resnet50_model) == \
+        conv1 + block1 + 2 * block23 == 223_872
+
+
+def _trainable_count(model):
+    return sum(int(np.prod(variable.shape)) for variable in model.trainable_variables)
+
+
+def test_frozen_early_stages_of_other_backbones_stop_at_stride_4():
+    model = retinanet.RetinaNet(2, backbone="mobilenet_v3_small", fpn_filters=32,
+                                head_filters=32)
+    # The same application at a fixed size gives each layer's output stride; squeeze-excite
+    # layers (1x1 pooled outputs) belong to the stage they sit in.
+    sized = keras.applications.MobileNetV3Small(input_shape=(128, 128, 3), include_top=False,
+                                                weights=None)
+    last_stride_4 = max(index for index, layer in enumerate(sized.layers)
+                        if len(layer.output.shape) == 4 and layer.output.shape[1] == 32)
+    weighted = [(index, layer) for index, layer in enumerate(model.backbone.layers[-1].layers)
+                if layer.weights and not isinstance(layer, keras.layers.BatchNormalization)]
+    for index, layer in weighted:
+        assert type(layer) is type(sized.layers[index])
+        assert layer.trainable == (index > last_stride_4), layer.name
+    assert sum(not layer.trainable for _, layer in weighted) >= 3
+
+
 def test_backbone_weights_from_a_file(tmp_path):
     # A weights file of the plain application, as keras.applications would write it.
     plain = keras.applications.MobileNetV3Small(

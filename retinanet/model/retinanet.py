@@ -49,6 +49,8 @@ class RetinaNet(keras.Model):
         backbone_weights: None, "imagenet" or a ``.weights.h5`` path (named backbones only).
         freeze_backbone: train only the FPN and heads.
         frozen_batchnorm: keep the backbone's batch-norm statistics fixed (named backbones).
+        frozen_early_stages: freeze the backbone's layers at strides 2 and 4 (named backbones;
+            for ResNets the stem and res2, as in the paper's Detectron setup).
         fpn_filters, head_convs, head_filters: widths and depth of the FPN and subnets.
         use_group_norm: GroupNorm(32) after each subnet conv.
         anchor_generator, label_encoder, fpn, classification_head, box_head, postprocessor:
@@ -62,6 +64,7 @@ class RetinaNet(keras.Model):
         backbone_weights=None,
         freeze_backbone=False,
         frozen_batchnorm=True,
+        frozen_early_stages=True,
         fpn_filters=256,
         head_convs=4,
         head_filters=256,
@@ -80,7 +83,8 @@ class RetinaNet(keras.Model):
         self.num_classes = int(num_classes)
         if isinstance(backbone, str):
             backbone = build_backbone(
-                backbone, backbone_weights, frozen_batchnorm, trainable=not freeze_backbone
+                backbone, backbone_weights, frozen_batchnorm, frozen_early_stages,
+                trainable=not freeze_backbone,
             )
         elif backbone_weights is not None:
             raise ValueError("`backbone_weights` applies to named backbones only.")
