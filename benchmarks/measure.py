@@ -104,12 +104,13 @@ def timed(fn, steps):
     return {"wall": walls, "cpu": cpus}
 
 
-PARTS = (("backbone", ("resnet", "backbone", "conv1_", "conv2_", "conv3_", "conv4_",
-                        "conv5_")),
-         ("fpn", ("fpn", "feature_pyramid")),
+# Checked in order; backprop ops ("gradient_tape/<model>/<part>/...") fall under their part.
+PARTS = (("postprocess", ("postprocessor", "non_max", "NonMaxSuppression", "decode")),
          ("heads", ("classification_head", "box_head", "prediction_head")),
-         ("postprocess", ("postprocessor", "non_max", "NonMaxSuppression")),
-         ("loss/optimizer", ("adam", "Adam", "loss", "label_encoder", "gradient", "clip")))
+         ("fpn", ("fpn", "feature_pyramid")),
+         ("backbone", ("resnet", "backbone", "functional")),
+         ("optimizer", ("adam", "Adam", "clip", "global_norm")),
+         ("loss+targets", ("loss", "label_encoder", "box_matcher", "focal", "smooth")))
 
 
 def _part(name):

@@ -535,7 +535,12 @@ def print_stage(stage):
         line += f"{_fmt(row['peak_rss_mb'], '.0f'):>10}"
         line += f"{_fmt((row['first_call_s'] or {}).get('train'), '.0f'):>10}"
         log(line)
-    log(f"\nmeasured peak: conv {_fmt(summary['conv_peak_gflops'], '.1f')} GFLOP/s, "
+    log(f"\npredict latency per batch of {batch} (s, median): " + "; ".join(
+        f"{name} " + ", ".join(
+            f"{phase.split(':')[1]} {_fmt(row.get(phase, {}).get('median_s'), '.3f')}"
+            for phase in ("predict:default", "predict:low", "predict:trained-like"))
+        for name, row in summary["systems"].items()))
+    log(f"measured peak: conv {_fmt(summary['conv_peak_gflops'], '.1f')} GFLOP/s, "
         f"matmul {_fmt(summary['matmul_peak_gflops'], '.1f')} GFLOP/s (float32)")
     for name, row in summary["systems"].items():
         if "forward_gflops_per_s" in row:
