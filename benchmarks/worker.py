@@ -198,6 +198,7 @@ class ModelRole:
         return tf.function(lambda images, outputs: model.decode_predictions(outputs, images))
 
     def _decode_trained_like(self):
+        self.system.use_score_threshold(None)  # each system's own default threshold
         self._last_predict = self._decode(self.images_tensor, self.trained_like)
         _materialise(self._last_predict)
 
