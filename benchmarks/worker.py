@@ -243,7 +243,7 @@ class PeakRole:
     def __init__(self, name, cfg):
         import measure
 
-        if cfg["gpu"]:
+        if cfg["gpu"] and cfg.get("gpu_devices"):
             self.peak = measure.Peak("float16", matmul_size=8192, conv_shape=(16, 80, 80, 256))
         else:
             self.peak = measure.Peak("float32")

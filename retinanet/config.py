@@ -50,7 +50,8 @@ def default_config() -> ml_collections.ConfigDict:
 
     config.model = ml_collections.ConfigDict(dict(
         # A name in retinanet.model.backbone.BACKBONES (keras.applications), or "simple": a
-        # small residual CNN for training from scratch on a CPU (see build_simple_backbone).
+        # small residual CNN for training from scratch on a CPU (see
+        # retinanet.model.build_simple_backbone).
         backbone="resnet50",
         backbone_weights="",  # "" (random init), "imagenet" or a .weights.h5 path
         freeze_backbone=False,
@@ -299,40 +300,6 @@ def build_postprocessor(config, anchor_generator, label_encoder):
                  name="postprocessor")
 
 
-def build_simple_backbone(widths=(16, 32, 64, 96, 128), blocks=1, name="simple_backbone"):
-    """A small residual CNN from raw images to ``[C3, C4, C5]``, for training from scratch.
-
-    Five stages, each a stride-2 3x3 conv (BatchNorm, ReLU) followed, from the second stage
-    on, by ``blocks`` basic residual blocks (two 3x3 convs); C3, C4, C5 are the outputs of
-    stages 3, 4, 5 (strides 8, 16, 32). Plain convolutions train faster per CPU second than
-    the depthwise ones of MobileNet, and from random init converge in minutes on the shapes
-    set. Input: float ``[B, H, W, 3]`` RGB 0-255 (rescaled to [-1, 1] inside).
-    """
-    import keras
-
-    if len(widths) != 5 or any(int(w) < 1 for w in widths) or int(blocks) < 0:
-        raise ConfigError("config.model.simple_widths: five positive channel counts and "
-                          f"simple_blocks >= 0 needed, got {tuple(widths)} and {blocks}")
-    layers = keras.layers
-
-    def conv_bn(x, filters, strides=1, relu=True):
-        x = layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False)(x)
-        x = layers.BatchNormalization(momentum=0.9)(x)
-        return layers.ReLU()(x) if relu else x
-
-    inputs = keras.Input((None, None, 3), name="images")
-    x = layers.Rescaling(1 / 127.5, offset=-1)(inputs)
-    features = []
-    for stage, filters in enumerate(int(w) for w in widths):
-        x = conv_bn(x, filters, strides=2)
-        for _ in range(int(blocks) if stage else 0):
-            y = conv_bn(conv_bn(x, filters), filters, relu=False)
-            x = layers.ReLU()(layers.Add()([x, y]))
-        if stage >= 2:
-            features.append(x)
-    return keras.Model(inputs, features, name=name)
-
-
 def build_model(config, num_classes: int, num_replicas: int = 1):
     """A `RetinaNet` with the configured backbone, widths, anchors, matching and decoding.
 
@@ -354,7 +321,10 @@ def build_model(config, num_classes: int, num_replicas: int = 1):
         if weights:
             raise ConfigError("config.model.backbone_weights: the simple backbone has no "
                               "pretrained weights; leave it empty")
-        backbone = build_simple_backbone(model.simple_widths, model.simple_blocks)
+        from retinanet.model.backbone import build_simple_backbone
+
+        backbone = _call("config.model (simple_widths, simple_blocks)", build_simple_backbone,
+                         widths=tuple(model.simple_widths), blocks=model.simple_blocks)
         named = {}
     else:
         backbone = model.backbone

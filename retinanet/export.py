@@ -43,7 +43,7 @@ import tempfile
 
 import tensorflow as tf
 
-from retinanet.data.pipeline import resize_scale_and_canvas
+from retinanet.data.pipeline import check_image_size, resize_scale_and_canvas
 
 __all__ = [
     "BYTES_SIGNATURE",
@@ -77,29 +77,6 @@ def _check_model(model):
         raise ValueError(
             f"`model` must be a retinanet.RetinaNet (with `detect`), got {type(model).__name__}."
         )
-
-
-def _check_resize(resize):
-    """None, an int S >= 32 or (min_side, max_side) with 32 <= min_side <= max_side."""
-    if resize is None:
-        return None
-    if isinstance(resize, bool):
-        raise ValueError(f"`resize` must be None, an int or (min_side, max_side), got {resize!r}.")
-    if isinstance(resize, int):
-        if resize < 32:
-            raise ValueError(f"`resize` must be >= 32, got {resize}.")
-        return resize
-    try:
-        min_side, max_side = (int(side) for side in resize)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"`resize` must be None, an int or (min_side, max_side), got {resize!r}."
-        ) from None
-    if not 32 <= min_side <= max_side:
-        raise ValueError(
-            f"`resize` (min_side, max_side) needs 32 <= min_side <= max_side, got {resize!r}."
-        )
-    return (min_side, max_side)
 
 
 def _check_image_size(image_size):
@@ -303,7 +280,7 @@ def export_saved_model(model, directory, resize=None, bytes_signature=True):
         ValueError: a bad ``model`` or ``resize``.
     """
     _check_model(model)
-    resize = _check_resize(resize)
+    resize = check_image_size(resize, "resize")
     _write_saved_model(model, directory, _serving_functions(model, resize, bytes_signature))
     return os.fspath(directory)
 
@@ -377,7 +354,7 @@ def export_onnx(model, path, resize=None, opset=DEFAULT_ONNX_OPSET):
         ImportError: tf2onnx is not installed (``pip install tf2onnx onnx``).
     """
     _check_model(model)
-    resize = _check_resize(resize)
+    resize = check_image_size(resize, "resize")
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < 10:
         raise ValueError(f"`opset` must be an int >= 10, got {opset!r}.")
     try:

@@ -255,7 +255,7 @@ def test_to_keras_cv(small_shapes):
     ({"mode": "test"}, "mode must be one of"),
     ({"batch_size": 0}, "batch_size must be a positive int"),
     ({"image_size": (300, 200)}, "min_side <= max_side"),
-    ({"image_size": "big"}, "image_size must be None"),
+    ({"image_size": "big"}, "`image_size` must be None"),
     ({"scale_range": (1.2, 0.8)}, "scale_range needs 0 < low <= high"),
     ({"deterministic": True}, "deterministic=True needs a seed"),
     ({"max_boxes": 0}, "max_boxes must be a positive int"),

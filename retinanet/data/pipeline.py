@@ -46,23 +46,26 @@ def _round_up(value, multiple=SIZE_MULTIPLE):
     return (value + multiple - 1) // multiple * multiple
 
 
-def _validate_image_size(image_size):
+def check_image_size(image_size, name="image_size"):
+    """None, an int S >= 32, or (min_side, max_side) with 32 <= min_side <= max_side.
+
+    Returns the normalised value; raises a ValueError naming ``name`` otherwise.
+    """
     if image_size is None:
         return None
+    usage = f"`{name}` must be None, an int or (min_side, max_side), got {image_size!r}"
     if isinstance(image_size, bool):
-        raise ValueError(f"image_size must be None, an int or (min_side, max_side), got "
-                         f"{image_size!r}")
+        raise ValueError(usage)
     if isinstance(image_size, numbers.Integral):
         if image_size < 32:
-            raise ValueError(f"image_size must be >= 32, got {image_size}")
+            raise ValueError(f"`{name}` must be >= 32, got {image_size}")
         return int(image_size)
     try:
         min_side, max_side = (int(v) for v in image_size)
     except (TypeError, ValueError):
-        raise ValueError(f"image_size must be None, an int or (min_side, max_side), got "
-                         f"{image_size!r}") from None
+        raise ValueError(usage) from None
     if not 32 <= min_side <= max_side:
-        raise ValueError(f"image_size (min_side, max_side) needs 32 <= min_side <= max_side, "
+        raise ValueError(f"`{name}` (min_side, max_side) needs 32 <= min_side <= max_side, "
                          f"got {image_size!r}")
     return (min_side, max_side)
 
@@ -235,7 +238,7 @@ def pipeline(dataset, mode: str = "train", batch_size: int = 8, image_size=None,
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if isinstance(max_boxes, bool) or not isinstance(max_boxes, int) or max_boxes < 1:
         raise ValueError(f"max_boxes must be a positive int, got {max_boxes!r}")
-    image_size = _validate_image_size(image_size)
+    image_size = check_image_size(image_size)
     try:
         low, high = (float(v) for v in scale_range)
     except (TypeError, ValueError):

@@ -1,6 +1,6 @@
 """The RetinaNet network and its parts."""
 
-from retinanet.model.backbone import BACKBONES, build_backbone
+from retinanet.model.backbone import BACKBONES, build_backbone, build_simple_backbone
 from retinanet.model.fpn import FeaturePyramid
 from retinanet.model.heads import RetinaNetHead
 from retinanet.model.postprocess import DetectionPostprocessor
@@ -13,4 +13,5 @@ __all__ = [
     "RetinaNet",
     "RetinaNetHead",
     "build_backbone",
+    "build_simple_backbone",
 ]
