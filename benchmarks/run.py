@@ -19,10 +19,11 @@ Phases:
   forward              model(images, training=False) in a compiled tf.function
   predict:default      model.predict (decoding + NMS), each system's own score threshold
   predict:low          model.predict with score threshold 0.001 (every candidate goes to NMS)
+                       (predict and train: per-batch times inside one call of N + 1 batches,
+                       leaving out the first; see systems.batch_times)
   decode:trained-like  each system's decoding + NMS alone, on the same synthetic head outputs
                        shaped like a trained detector's (clusters of confident anchors)
-  train                the model's own fit (its train_step and loss) on synthetic boxes, one
-                       fit call of N steps per round
+  train                the model's own fit (its train_step and loss) on synthetic boxes
   postprocess:*        ours only: model.detect on precomputed head outputs (the decoding/NMS
                        share of predict, issue 3's < 25 % of forward)
 

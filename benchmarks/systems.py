@@ -28,6 +28,8 @@ on dict targets, so `fit` is the path all three support) and ``targets(boxes, cl
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 NUM_CLASSES = 20
@@ -106,14 +108,15 @@ class System:
             self._predict_functions[threshold] = self.model.predict_function
         self.model.predict_function = self._predict_functions[threshold]
 
-    def predict(self, dataset):
-        """`model.predict` on a tf.data.Dataset (how detectors are fed in practice; a numpy
-        array would add Keras's per-call array-slicing pipeline to every call)."""
-        return self.model.predict(dataset, verbose=0)
+    def predict(self, dataset, steps=1, callbacks=None):
+        """`model.predict` on `steps` batches of a repeated tf.data.Dataset (how detectors are
+        fed in practice; a numpy array would add Keras's array-slicing pipeline)."""
+        return self.model.predict(dataset, steps=steps, verbose=0, callbacks=callbacks)
 
-    def fit(self, dataset, steps):
+    def fit(self, dataset, steps, callbacks=None):
         """`model.fit` for `steps` steps of a repeated dataset of one (images, targets) batch."""
-        return self.model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)
+        return self.model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0,
+                              callbacks=callbacks)
 
     def forward_graph(self, batch_size, image_size):
         """The concrete function graph of the forward pass (for counting FLOPs)."""
@@ -122,6 +125,41 @@ class System:
         spec = tf.TensorSpec([batch_size, image_size, image_size, 3], tf.float32)
         return tf.function(lambda images: self.model(images, training=False)) \
             .get_concrete_function(spec).graph
+
+
+def batch_times(run, steps):
+    """Wall and CPU seconds of each of the last `steps` batches of one fit or predict call.
+
+    `run(callback)` must go through ``steps + 1`` batches. Times are taken between
+    consecutive batch ends, so they are the steady cost per batch, the model's own step with
+    its decoding or loss included. The first batch is left out: it also pays for starting the
+    call's data iterator, which inside `fit` sometimes waits until a 10.24 s mark here
+    (`train_on_batch` never does).
+    """
+    import keras
+    import tensorflow as tf
+
+    import measure
+
+    marks = []
+
+    class Clock(keras.callbacks.Callback):
+        def _mark(self, values):
+            for value in tf.nest.flatten(values):  # wait for the batch's results
+                np.asarray(value)
+            marks.append((time.perf_counter(), measure.cpu_seconds()))
+
+        def on_train_batch_end(self, batch, logs=None):
+            self._mark((logs or {}).get("loss"))
+
+        def on_predict_batch_end(self, batch, logs=None):
+            self._mark((logs or {}).get("outputs"))
+
+    run(Clock())
+    if len(marks) != steps + 1:
+        raise RuntimeError(f"expected {steps + 1} batches, timed {len(marks)}")
+    return {"wall": [b[0] - a[0] for a, b in zip(marks, marks[1:])],
+            "cpu": [b[1] - a[1] for a, b in zip(marks, marks[1:])]}
 
 
 class Ours(System):

@@ -143,7 +143,7 @@ class ModelRole:
         self.images = images
         self.images_tensor = tf.constant(images)
         self.targets = self.system.targets(boxes, classes)
-        self.predict_data = tf.data.Dataset.from_tensors(self.images_tensor)
+        self.predict_data = tf.data.Dataset.from_tensors(self.images_tensor).repeat()
         self.train_data = tf.data.Dataset.from_tensors((self.images_tensor, self.targets)) \
             .repeat()
         self.trained_like, info["trained_like_positives"] = trained_like_outputs(
@@ -152,10 +152,13 @@ class ModelRole:
 
         self.phases = {
             "forward": lambda: self.system.forward(self.images_tensor),
-            "predict:default": lambda: self._predict(None),
-            "predict:low": lambda: self._predict(LOW_THRESHOLD),
+            "predict:default": lambda steps=1, callbacks=None: self._predict(None, steps,
+                                                                            callbacks),
+            "predict:low": lambda steps=1, callbacks=None: self._predict(LOW_THRESHOLD, steps,
+                                                                        callbacks),
             "decode:trained-like": self._decode_trained_like,
-            "train": lambda steps=1: self.system.fit(self.train_data, steps),
+            "train": lambda steps=1, callbacks=None: self.system.fit(self.train_data, steps,
+                                                                     callbacks),
         }
         if name == "ours":
             outputs = self.system.forward(self.images_tensor)
@@ -202,9 +205,9 @@ class ModelRole:
         self._last_predict = self._decode(self.images_tensor, self.trained_like)
         _materialise(self._last_predict)
 
-    def _predict(self, threshold):
+    def _predict(self, threshold, steps=1, callbacks=None):
         self.system.use_score_threshold(threshold)
-        self._last_predict = self.system.predict(self.predict_data)
+        self._last_predict = self.system.predict(self.predict_data, steps, callbacks)
 
     def _postprocess(self, threshold):
         import tensorflow as tf
@@ -220,10 +223,11 @@ class ModelRole:
 
     def time(self, phase, steps):
         import measure
+        import systems
 
-        if phase == "train":  # one fit call of `steps` steps
-            times = measure.timed(lambda: self.phases[phase](steps), 1)
-            return {key: [value[0] / steps] * steps for key, value in times.items()}
+        if phase == "train" or phase.startswith("predict"):  # batches inside one call
+            return systems.batch_times(
+                lambda clock: self.phases[phase](steps + 1, [clock]), steps)
         return measure.timed(self.phases[phase], steps)
 
     def memory(self):
