@@ -189,7 +189,26 @@ class Ours(System):
         return tf.function(lambda images, outputs: self.model.detect(images, outputs))
 
 
-class KerasCV(System):
+class Peer(System):
+    """keras-cv and keras-hub: the same decoder interface, each with its own NMS layer."""
+
+    def _nms_layer(self):
+        raise NotImplementedError
+
+    def _decoder_for(self, threshold):
+        if threshold is None:
+            return self.model.prediction_decoder
+        return self._nms_layer()(
+            bounding_box_format="xyxy", from_logits=True, confidence_threshold=float(threshold)
+        )
+
+    def _apply_decoder(self, decoder):
+        # What the `prediction_decoder` setter stores, without its side effect of
+        # re-making (and so retracing) the train function.
+        self.model._prediction_decoder = decoder
+
+
+class KerasCV(Peer):
     name = "keras-cv"
 
     def build(self):
@@ -225,22 +244,13 @@ class KerasCV(System):
     def targets(self, boxes, classes):
         return {"boxes": boxes, "classes": classes.astype("float32")}
 
-    def _decoder_for(self, threshold):
+    def _nms_layer(self):
         import keras_cv
 
-        if threshold is None:
-            return self.model.prediction_decoder
-        return keras_cv.layers.NonMaxSuppression(
-            bounding_box_format="xyxy", from_logits=True, confidence_threshold=float(threshold)
-        )
-
-    def _apply_decoder(self, decoder):
-        # What the `prediction_decoder` setter stores, without its side effect of
-        # re-making (and so retracing) the train function.
-        self.model._prediction_decoder = decoder
+        return keras_cv.layers.NonMaxSuppression
 
 
-class KerasHub(System):
+class KerasHub(Peer):
     name = "keras-hub"
 
     def build(self):
@@ -271,17 +281,10 @@ class KerasHub(System):
     def targets(self, boxes, classes):
         return {"boxes": boxes, "labels": classes}
 
-    def _decoder_for(self, threshold):
+    def _nms_layer(self):
         import keras_hub
 
-        if threshold is None:
-            return self.model.prediction_decoder
-        return keras_hub.layers.NonMaxSuppression(
-            bounding_box_format="xyxy", from_logits=True, confidence_threshold=float(threshold)
-        )
-
-    def _apply_decoder(self, decoder):
-        self.model._prediction_decoder = decoder  # the setter's store, without re-making
+        return keras_hub.layers.NonMaxSuppression
 
 
 def build_system(name, jit_compile=False):
