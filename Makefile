@@ -19,7 +19,7 @@ test: $(STAMP)
 
 # The demo trains on the CPU even where a GPU is visible (it is sized for two cores).
 demo: $(STAMP)
-	CUDA_VISIBLE_DEVICES= TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m retinanet.demo
+	CUDA_VISIBLE_DEVICES= TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m retinanet.apps.demo
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[bench]"

@@ -34,5 +34,5 @@ setup(
         ],
         "bench": ["keras-cv>=0.9", "keras-hub>=0.18", "psutil>=5.9"],
     },
-    entry_points={"console_scripts": ["retinanet=retinanet.cli:run"]},
+    entry_points={"console_scripts": ["retinanet=retinanet.apps.cli:run"]},
 )

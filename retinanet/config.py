@@ -1,11 +1,9 @@
-"""Experiment configs: the schema every config file starts from, and builders of the real classes.
+"""Experiment configs: the schema every config file starts from, its files and its checks.
 
 A config file (``configs/*.py``) defines ``get_config()`` returning `default_config()` with its
 own values; absl's ``config_flags`` loads it and lets any field be overridden on the command
-line (``--config.train.epochs=3``). The builders here turn a config into the package's own
-objects (`RetinaNet`, `AnchorGenerator`, `LabelEncoder`, `DetectionPostprocessor`, the readers
-of `retinanet.data`, `retinanet.data.pipeline`, the optimisers of `retinanet.training`); they
-never reimplement them.
+line (``--config.train.epochs=3``). `retinanet.training.builders` turns a config into the
+package's own objects and `retinanet.training.datasets` into datasets and pipelines.
 
 Sections (see `default_config` for every field and its meaning):
 
@@ -38,11 +36,14 @@ class ConfigError(ValueError):
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """The full schema with the paper's defaults; config files change what they need.
+    """The full schema with general-purpose defaults; config files change what they need.
+
+    The defaults are not the paper's recipe (that is ``configs/retinanet_r50_coco.py``): Adam
+    1e-4 with a constant learning rate, a 640 px square and a ResNet50 from random weights.
 
     Returns:
-        An unlocked ConfigDict; `load`/`from_dict` return it locked, so a misspelt field is an
-        error rather than silently ignored.
+        An unlocked ConfigDict; `from_dict` and `load_json` return it locked, so a misspelt
+        field is an error rather than silently ignored.
     """
     config = ml_collections.ConfigDict()
     config.name = "retinanet"
@@ -163,9 +164,6 @@ def default_config() -> ml_collections.ConfigDict:
     return config
 
 
-# -- loading and saving -------------------------------------------------------------------
-
-
 def _merge(target: ml_collections.ConfigDict, values: dict, path: str):
     for key, value in values.items():
         name = f"{path}.{key}"
@@ -224,375 +222,63 @@ def save(config, directory: str):
     atomic.write_text(os.path.join(directory, "config.py"), module)
 
 
+def check_choice(field: str, value, choices):
+    """Returns ``value`` if it is one of ``choices``; else raises ConfigError naming ``field``."""
+    if value not in choices:
+        raise ConfigError(f"{field}: unknown {field.rsplit('.', 1)[-1]} {value!r}; expected one of "
+                          f"{', '.join(map(str, choices))}")
+    return value
+
+
 def validate(config):
     """Checks the fields the builders cannot check themselves; raises ConfigError naming one."""
+    from retinanet.preprocess import check_image_size
+
     try:
         known = default_config()
         _merge(known, to_dict(config), "config")
     except AttributeError as error:  # a ConfigDict that is not built on default_config
         raise ConfigError(str(error)) from None
     data = config.data
-    if data.format not in DATA_FORMATS:
-        raise ConfigError(f"config.data.format: unknown format {data.format!r}; expected one of "
-                          f"{', '.join(DATA_FORMATS)}")
-    if config.train.optimizer not in OPTIMIZERS:
-        raise ConfigError(f"config.train.optimizer: unknown optimizer {config.train.optimizer!r}; "
-                          f"expected one of {', '.join(OPTIMIZERS)}")
-    if config.train.schedule not in SCHEDULES:
-        raise ConfigError(f"config.train.schedule: unknown schedule {config.train.schedule!r}; "
-                          f"expected one of {', '.join(SCHEDULES)}")
-    for name in ("epochs", "batch_size"):
-        section = config.train if name == "epochs" else config.data
-        value = section[name]
+    check_choice("config.data.format", data.format, DATA_FORMATS)
+    check_choice("config.train.optimizer", config.train.optimizer, OPTIMIZERS)
+    check_choice("config.train.schedule", config.train.schedule, SCHEDULES)
+    for field, value in (("config.train.epochs", config.train.epochs),
+                         ("config.data.batch_size", data.batch_size)):
         if not isinstance(value, int) or value < 1:
-            section_name = "train" if name == "epochs" else "data"
-            raise ConfigError(f"config.{section_name}.{name}: must be a positive int, got {value!r}")
-    if config.data.image_size < 0:
-        raise ConfigError(f"config.data.image_size: must be >= 0, got {config.data.image_size}")
+            raise ConfigError(f"{field}: must be a positive int, got {value!r}")
+    if data.image_size < 0:
+        raise ConfigError(f"config.data.image_size: must be >= 0, got {data.image_size}")
+    try:
+        check_image_size(image_size(config), "image_size")
+    except ValueError as error:
+        field = "config.data.image_size" if data.image_size else "config.data.min_side/max_side"
+        raise ConfigError(f"{field}: {error}") from None
     if not 0.0 <= data.val_fraction < 1.0:
         raise ConfigError(f"config.data.val_fraction: must be in [0, 1), got {data.val_fraction}")
     from retinanet.model.backbone import BACKBONES
 
-    if config.model.backbone not in BACKBONES and config.model.backbone != "simple":
-        raise ConfigError(f"config.model.backbone: unknown backbone {config.model.backbone!r}; "
-                          f"expected one of {', '.join(sorted(BACKBONES))} or simple")
-
-
-# -- model --------------------------------------------------------------------------------
-
-
-def _call(field: str, factory, **kwargs):
-    """factory(**kwargs), with a ValueError reworded to name the config section."""
-    try:
-        return factory(**kwargs)
-    except (ValueError, TypeError) as error:
-        raise ConfigError(f"{field}: {error}") from None
-
-
-def build_anchor_generator(config):
-    from retinanet.anchors import AnchorGenerator
-
-    anchors = config.model.anchors
-    return _call("config.model.anchors", AnchorGenerator, min_level=3,
-                 max_level=anchors.max_level, anchor_size=anchors.anchor_size,
-                 scales=tuple(anchors.scales), aspect_ratios=tuple(anchors.aspect_ratios))
-
-
-def build_label_encoder(config, anchor_generator=None):
-    from retinanet.matching import LabelEncoder
-
-    matching = config.model.matching
-    return _call("config.model.matching", LabelEncoder,
-                 anchor_generator=anchor_generator or build_anchor_generator(config),
-                 positive_iou=matching.positive_iou, negative_iou=matching.negative_iou,
-                 allow_low_quality_matches=matching.allow_low_quality_matches)
-
-
-def build_postprocessor(config, anchor_generator, label_encoder):
-    from retinanet.model.postprocess import DetectionPostprocessor
-
-    post = config.model.postprocess
-    return _call("config.model.postprocess", DetectionPostprocessor,
-                 anchor_generator=anchor_generator, box_weights=label_encoder.box_weights,
-                 score_threshold=post.score_threshold,
-                 pre_nms_topk_per_level=post.pre_nms_topk_per_level,
-                 iou_threshold=post.iou_threshold, max_detections=post.max_detections,
-                 name="postprocessor")
-
-
-def build_model(config, num_classes: int, num_replicas: int = 1):
-    """A `RetinaNet` with the configured backbone, widths, anchors, matching and decoding.
-
-    Args:
-        config: the ConfigDict.
-        num_classes: K.
-        num_replicas: replicas of the distribution strategy the model is built under; above
-            1, ``model.sync_batchnorm`` synchronises the backbone's batch statistics.
-    """
-    from retinanet.model.retinanet import RetinaNet
-
-    model = config.model
-    anchor_generator = build_anchor_generator(config)
-    label_encoder = build_label_encoder(config, anchor_generator)
-    weights = model.backbone_weights or None
-    if weights not in (None, "imagenet") and not os.path.isfile(weights):
-        raise ConfigError(f"config.model.backbone_weights: file not found: {weights}")
-    if model.backbone == "simple":
-        if weights:
-            raise ConfigError("config.model.backbone_weights: the simple backbone has no "
-                              "pretrained weights; leave it empty")
-        from retinanet.model.backbone import build_simple_backbone
-
-        backbone = _call("config.model (simple_widths, simple_blocks)", build_simple_backbone,
-                         widths=tuple(model.simple_widths), blocks=model.simple_blocks)
-        named = {}
-    else:
-        backbone = model.backbone
-        named = {"backbone_weights": weights, "frozen_batchnorm": model.frozen_batchnorm,
-                 "frozen_early_stages": model.frozen_early_stages}
-    retinanet = _call(
-        "config.model", RetinaNet,
-        num_classes=num_classes, backbone=backbone, **named,
-        freeze_backbone=model.freeze_backbone,
-        fpn_filters=model.fpn_filters, head_convs=model.head_convs,
-        head_filters=model.head_filters, use_group_norm=model.use_group_norm,
-        anchor_generator=anchor_generator, label_encoder=label_encoder,
-        postprocessor=build_postprocessor(config, anchor_generator, label_encoder),
-    )
-    import keras
-
-    if model.batchnorm_momentum and not 0.0 < model.batchnorm_momentum < 1.0:
-        raise ConfigError("config.model.batchnorm_momentum: must be in (0, 1), got "
-                          f"{model.batchnorm_momentum}")
-    for layer in retinanet.backbone._flatten_layers():
-        if isinstance(layer, keras.layers.BatchNormalization):
-            # Both are read at call time and saved by get_config().
-            if model.batchnorm_momentum:
-                layer.momentum = float(model.batchnorm_momentum)
-            if num_replicas > 1 and model.sync_batchnorm:
-                layer.synchronized = True
-    return retinanet
-
-
-def build_learning_rate(config, total_steps: int):
-    """A float or a `LearningRateSchedule` over ``total_steps`` optimiser steps."""
-    import keras
-
-    from retinanet import training
-
-    train = config.train
-    rate = float(train.learning_rate)
-    warmup = min(int(train.warmup_steps), max(total_steps - 1, 0))
-    if train.schedule == "constant":
-        if warmup:
-            return training.WarmupStepDecay(rate, [], warmup_steps=warmup,
-                                            warmup_factor=train.warmup_factor)
-        return rate
-    if train.schedule == "step":
-        boundaries = [int(total_steps * share) for share in train.decay_boundaries]
-        return _call("config.train", training.WarmupStepDecay, base_learning_rate=rate,
-                     boundaries=boundaries, decay_factor=train.decay_factor,
-                     warmup_steps=warmup, warmup_factor=train.warmup_factor)
-    # cosine: linear warm-up from warmup_factor * rate, then cosine to cosine_alpha * rate.
-    return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=rate * (train.warmup_factor if warmup else 1.0),
-        decay_steps=max(total_steps - warmup, 1), alpha=train.cosine_alpha,
-        warmup_target=rate if warmup else None, warmup_steps=warmup)
-
-
-def build_optimizer(config, total_steps: int):
-    """The configured Keras optimiser; "reference" is `retinanet.training.reference_optimizer`."""
-    import keras
-
-    from retinanet import training
-
-    train = config.train
-    clipnorm = float(train.clipnorm) or None
-    if train.optimizer == "reference":
-        return training.reference_optimizer(total_steps, config.data.batch_size, clipnorm)
-    learning_rate = build_learning_rate(config, total_steps)
-    if train.optimizer == "sgd":
-        return keras.optimizers.SGD(learning_rate, momentum=train.momentum,
-                                    weight_decay=train.weight_decay or None, clipnorm=clipnorm)
-    if train.optimizer == "adamw":
-        return keras.optimizers.AdamW(learning_rate, weight_decay=train.weight_decay,
-                                      clipnorm=clipnorm)
-    return keras.optimizers.Adam(learning_rate, weight_decay=train.weight_decay or None,
-                                 clipnorm=clipnorm)
-
-
-def compile_model(model, config, total_steps: int):
-    """`model.compile` with the configured optimiser, losses and XLA setting."""
-    from retinanet.losses import FocalLoss, SmoothL1Loss
-
-    train = config.train
-    model.compile(
-        optimizer=build_optimizer(config, total_steps),
-        classification_loss=_call("config.train.focal_*", FocalLoss, alpha=train.focal_alpha,
-                                  gamma=train.focal_gamma),
-        box_loss=_call("config.train.smooth_l1_beta", SmoothL1Loss, beta=train.smooth_l1_beta),
-        box_loss_weight=train.box_loss_weight,
-        jit_compile=train.jit_compile,
-        steps_per_execution=train.steps_per_execution,
-    )
-    return model
-
-
-# -- data ---------------------------------------------------------------------------------
-
-
-def _class_names(config):
-    names = [n.strip() for n in config.data.class_names.split(",") if n.strip()]
-    return names or None
-
-
-def _require_path(field: str, path: str, kind: str = "any"):
-    if not path:
-        raise ConfigError(f"config.data.{field}: no path given (format "
-                          f"{{format}} needs it)")
-    exists = {"file": os.path.isfile, "dir": os.path.isdir}.get(kind, os.path.exists)
-    if not exists(path):
-        what = {"file": "file", "dir": "folder"}.get(kind, "path")
-        raise ConfigError(f"config.data.{field}: {what} not found: {path}")
-
-
-def _read(config, split: str, class_names=None):
-    """One split ("train" or "val") as a DetectionDataset."""
-    from retinanet import data as rdata
-
-    d = config.data
-    path = d[split]
-    images = d[f"{split}_images"]
-    split_name = d[f"{split}_split"] or None
-    fmt = d.format
-    try:
-        if fmt == "coco":
-            _require_path(split, path, "file")
-            image_dir = images or os.path.dirname(os.path.abspath(path))
-            _require_path(f"{split}_images", image_dir, "dir")
-            return rdata.from_coco(path, image_dir, skip_invalid=d.skip_invalid,
-                                   check_images=d.check_images)
-        if fmt == "voc":
-            _require_path(split, path, "dir")
-            return rdata.from_voc(path, split_name, class_names=class_names,
-                                  skip_invalid=d.skip_invalid, check_images=d.check_images)
-        if fmt == "yolo":
-            _require_path(split, path, "dir")
-            return rdata.from_yolo(path, class_names, split=split_name,
-                                   skip_invalid=d.skip_invalid,
-                                   check_images=d.check_images)
-        if fmt == "csv":
-            _require_path(split, path, "file")
-            if images:
-                _require_path(f"{split}_images", images, "dir")
-            return rdata.from_csv(path, images or None, class_names=class_names,
-                                  skip_invalid=d.skip_invalid, check_images=d.check_images)
-        if fmt == "tfds":
-            if not path:
-                raise ConfigError(f"config.data.{split}: no TFDS name given")
-            name, _, inline_split = path.partition(":")
-            tfds_split = inline_split or split_name or ("train" if split == "train"
-                                                       else "validation")
-            return rdata.from_tfds(name, tfds_split, d.tfds_data_dir or None,
-                                   skip_invalid=d.skip_invalid, download=d.tfds_download)
-    except ConfigError as error:
-        raise ConfigError(str(error).replace("{format}", fmt)) from None
-    raise ConfigError(f"config.data.format: unknown format {fmt!r}; expected one of "
-                      f"{', '.join(DATA_FORMATS)}")
-
-
-def _shapes(config, split: str):
-    from retinanet import data as rdata
-
-    s = config.data.shapes
-    return _call("config.data.shapes", rdata.shapes,
-                 num_images=s.num_train if split == "train" else s.num_val,
-                 image_size=s.image_size, seed=s.train_seed if split == "train" else s.val_seed,
-                 max_objects=s.max_objects, min_size=s.min_size,
-                 max_size=s.max_size or None, background=s.background)
-
-
-def _subset(dataset, records, name):
-    from retinanet.data import DetectionDataset
-
-    return DetectionDataset(dataset.class_names, records, category_ids=dataset.category_ids,
-                            name=name, skipped=dataset.skipped)
-
-
-def load_datasets(config, splits=("train", "val")) -> dict:
-    """The configured DetectionDatasets, ``{"train": ..., "val": ...}`` for the splits asked.
-
-    The val split reads with the train split's class names, so class ids agree. Without
-    ``data.val`` the val split is ``data.val_fraction`` of train (held out, seeded) or, when
-    that is 0, the train split itself (with a warning).
-    """
-    d = config.data
-    if d.format not in DATA_FORMATS:
-        raise ConfigError(f"config.data.format: unknown format {d.format!r}; expected one of "
-                          f"{', '.join(DATA_FORMATS)}")
-    if d.format == "shapes":
-        return {split: _shapes(config, split) for split in splits}
-    result = {}
-    need_train = "train" in splits or not d.val
-    if need_train:
-        train = _read(config, "train", _class_names(config))
-        if not d.val and d.val_fraction > 0:
-            import numpy as np
-
-            order = np.random.default_rng(config.seed).permutation(len(train.records))
-            num_val = max(1, int(round(len(order) * d.val_fraction)))
-            records = train.records
-            val = _subset(train, [records[i] for i in sorted(order[:num_val])],
-                          f"{train.name}[val {d.val_fraction:g}]")
-            train = _subset(train, [records[i] for i in sorted(order[num_val:])],
-                            f"{train.name}[train]")
-        elif not d.val:
-            import warnings
-
-            warnings.warn("config.data.val is empty and val_fraction is 0: validating on the "
-                          "training images", stacklevel=2)
-            val = train
-        else:
-            val = None
-        if "train" in splits:
-            result["train"] = train
-    if "val" in splits:
-        if val is None:
-            names = result["train"].class_names if "train" in result else _class_names(config)
-            val = _read(config, "val", names)
-        result["val"] = val
-        if "train" in result and val.class_names != result["train"].class_names:
-            raise ConfigError(
-                f"config.data.val: its classes {val.class_names} differ from the train "
-                f"split's {result['train'].class_names}")
-    return result
+    check_choice("config.model.backbone", config.model.backbone, (*sorted(BACKBONES), "simple"))
 
 
 def image_size(config):
-    """The `pipeline` image_size: an int, or (min_side, max_side) when data.image_size is 0."""
+    """The resize rule of `retinanet.preprocess`: an int S, or (min_side, max_side) when
+    ``data.image_size`` is 0."""
     d = config.data
     return d.image_size if d.image_size else (d.min_side, d.max_side)
 
 
-def train_pipeline(config, dataset, seed=None):
-    """Repeated training batches (fit with ``steps_per_epoch``), see `retinanet.data.pipeline`."""
-    from retinanet.data import pipeline
-
-    d = config.data
-    deterministic = bool(config.train.deterministic)
-    data = _call("config.data", pipeline, dataset=dataset, mode="train",
-                 batch_size=d.batch_size, image_size=image_size(config),
-                 max_boxes=d.max_boxes, horizontal_flip=d.horizontal_flip,
-                 scale_range=tuple(d.scale_range),
-                 seed=config.seed if seed is None else seed,
-                 deterministic=deterministic, cache=d.cache)
-    return data.repeat()
+def class_names(config):
+    """``data.class_names`` as a list, or None when it is empty (names come from the data)."""
+    names = [name.strip() for name in config.data.class_names.split(",") if name.strip()]
+    return names or None
 
 
-def eval_pipeline(config, dataset):
-    from retinanet.data import pipeline
-
-    d = config.data
-    return _call("config.data", pipeline, dataset=dataset, mode="eval",
-                 batch_size=d.eval_batch_size, image_size=image_size(config),
-                 max_boxes=d.max_boxes)
-
-
-def steps_per_epoch(config, num_train_images: int) -> int:
-    """Configured steps, or one pass over the training images (at least 1)."""
-    if config.train.steps_per_epoch:
-        return int(config.train.steps_per_epoch)
-    return max(1, num_train_images // config.data.batch_size)
-
-
-def total_steps(config, num_train_images: int) -> int:
-    return steps_per_epoch(config, num_train_images) * config.train.epochs
-
-
-__all__ = [
-    "ConfigError", "DATA_FORMATS", "build_anchor_generator", "build_label_encoder",
-    "build_learning_rate", "build_model", "build_optimizer", "build_postprocessor",
-    "compile_model", "default_config", "eval_pipeline", "from_dict", "image_size",
-    "load_datasets", "load_json", "save", "steps_per_epoch", "to_dict", "total_steps",
-    "train_pipeline", "validate",
-]
+def changed_fields(old: dict, new: dict, prefix: str = "config"):
+    """Yields the dotted names of the fields whose values differ between two config dicts."""
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            yield from changed_fields(a, b, f"{prefix}.{key}")
+        elif a != b:
+            yield f"{prefix}.{key}"

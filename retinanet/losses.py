@@ -9,7 +9,7 @@ runs in float32, whatever the compute dtype of the predictions.
 import keras
 import tensorflow as tf
 
-POSITIVE, NEGATIVE, IGNORED = 1, 0, -1
+from retinanet.matching import IGNORED, POSITIVE
 
 
 def _num_positives(anchor_states):

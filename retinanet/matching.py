@@ -5,7 +5,9 @@ import tensorflow as tf
 
 from retinanet import ops
 from retinanet.anchors import AnchorGenerator
-from retinanet.losses import IGNORED, NEGATIVE, POSITIVE
+
+# Anchor states, made here and read by the losses.
+POSITIVE, NEGATIVE, IGNORED = 1, 0, -1
 
 
 @keras.saving.register_keras_serializable(package="retinanet")
@@ -65,8 +67,9 @@ class LabelEncoder:
 
         Returns:
             ``(matched_index [B, A] int32, anchor_states [B, A] int32)``: the index of each
-            anchor's best box in ``[0, N]`` (``N`` when the image has none; only meaningful
-            for positive anchors) and 1 / 0 / -1 for positive / negative / ignored.
+            anchor's best box in ``[0, N]``, only meaningful for positive anchors (an image
+            without boxes gives 0 everywhere; its anchors are all negative), and 1 / 0 / -1
+            for positive / negative / ignored.
         """
         boxes = tf.cast(boxes, tf.float32)
         valid = tf.greater_equal(classes, 0)  # [B, N]

@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 from conftest import make_squares
 
-from retinanet.callbacks import NonFiniteLossError, NonFiniteLossGuard
+from retinanet.training.callbacks import NonFiniteLossError, NonFiniteLossGuard
 
 
 def _dataset(boxes_transform=None, num_images=4):

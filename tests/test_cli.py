@@ -24,9 +24,9 @@ NOISE = ("I0000", "W0000", "E0000", "WARNING: All log messages", "To enable the 
 
 
 def cli(*args, env=None, timeout=600, check=True):
-    """Runs `python -m retinanet.cli ARGS`; returns the CompletedProcess."""
+    """Runs `python -m retinanet ARGS`; returns the CompletedProcess."""
     environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
-    result = subprocess.run([sys.executable, "-m", "retinanet.cli", *args], cwd=ROOT,
+    result = subprocess.run([sys.executable, "-m", "retinanet", *args], cwd=ROOT,
                             capture_output=True, text=True, timeout=timeout, env=environment)
     if check and result.returncode != 0:
         raise AssertionError(f"retinanet {' '.join(args)} failed ({result.returncode}):\n"
@@ -188,7 +188,7 @@ def test_bad_input_gives_one_line_error(args, expected, tmp_path):
 HOLD_AFTER_BACKUP = """
 import pathlib, sys, time
 hold_epoch, ready_file = int(sys.argv[1]), pathlib.Path(sys.argv[2])
-from retinanet.callbacks import ResumableBackup
+from retinanet.training.callbacks import ResumableBackup
 save = ResumableBackup._save_model
 def save_then_hold(self):
     save(self)
@@ -198,7 +198,7 @@ def save_then_hold(self):
         while time.monotonic() < deadline:
             time.sleep(0.05)
 ResumableBackup._save_model = save_then_hold
-from retinanet import cli
+from retinanet.apps import cli
 cli.run(["retinanet"] + sys.argv[3:])
 """
 
@@ -232,7 +232,7 @@ def _train_and_kill(args, workdir, after_epoch=1, sig=signal.SIGKILL):
 
 
 def _train_args(workdir, *overrides):
-    return [sys.executable, "-m", "retinanet.cli", "train", f"--config={TINY}",
+    return [sys.executable, "-m", "retinanet", "train", f"--config={TINY}",
             f"--workdir={workdir}", "--config.train.epochs=4", "--config.train.steps_per_epoch=3",
             "--config.train.eval_every_n_epochs=2", "--verbose=2", *overrides]
 
@@ -320,7 +320,7 @@ def dying(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGKILL)
     return result
 setattr(owner, name, dying)
-from retinanet import cli
+from retinanet.apps import cli
 cli.run(["retinanet"] + sys.argv[4:])
 """
 
@@ -340,7 +340,7 @@ def test_a_kill_during_any_save_leaves_checkpoints_that_load_and_resume(tmp_path
     # Each run resumes and then dies in a different save; (last.keras, backup) epochs after.
     crashes = [("keras:Model.save", 2, "torn", 1, 1),          # last.keras of epoch 2
                ("keras:Model.save_weights", 2, "torn", 3, 2),  # the backup of epoch 3
-               ("retinanet.callbacks:write_json", 2, "before", 4, 3)]  # its metadata, epoch 4
+               ("retinanet.training.callbacks:write_json", 2, "before", 4, 3)]  # its metadata, epoch 4
     for target, call, mode, last_epochs, backup_epochs in crashes:
         run = subprocess.run([sys.executable, str(script), target, str(call), mode, *args],
                              cwd=ROOT, env=environment, capture_output=True, text=True,
@@ -384,7 +384,7 @@ def test_multi_worker_training_keeps_workers_in_sync(tmp_path):
         environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=json.dumps(
             {"cluster": cluster, "task": {"type": "worker", "index": index}}))
         processes.append(subprocess.Popen(
-            [sys.executable, "-m", "retinanet.cli", "train", f"--config={TINY}",
+            [sys.executable, "-m", "retinanet", "train", f"--config={TINY}",
              f"--workdir={workdir}", "--strategy=multi_worker_mirrored", "--keep_worker_dirs",
              "--config.train.epochs=1", "--config.train.steps_per_epoch=3", "--verbose=2"],
             cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

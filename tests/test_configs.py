@@ -6,7 +6,9 @@ import pathlib
 
 import pytest
 
+from retinanet import _keras_compat
 from retinanet import config as rconfig
+from retinanet.training import builders, datasets
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 CONFIG_FILES = sorted(CONFIG_DIR.glob("*.py"))
@@ -41,7 +43,7 @@ def test_paper_recipe():
     assert config.data.batch_size == 16
     assert config.train.epochs * config.train.steps_per_epoch == 90_000
     assert rconfig.image_size(config) == (800, 1333)
-    optimizer = rconfig.build_optimizer(config, 90_000)
+    optimizer = builders.build_optimizer(config, 90_000)
     schedule = optimizer.learning_rate if callable(optimizer.learning_rate) else None
     assert optimizer.__class__.__name__ == "SGD"
     assert optimizer._learning_rate.base_learning_rate == pytest.approx(0.01)
@@ -93,13 +95,13 @@ def test_build_model_uses_the_configured_collaborators():
     config.model.anchors.anchor_size = 3.0
     config.model.matching.positive_iou = 0.6
     config.model.postprocess.score_threshold = 0.2
-    model = rconfig.build_model(config, num_classes=4)
+    model = builders.build_model(config, num_classes=4)
     assert model.num_classes == 4
     assert model.anchor_generator.anchor_size == 3.0
     assert model.label_encoder.positive_iou == 0.6
     assert model.label_encoder.anchor_generator is model.anchor_generator
     assert model.postprocessor.score_threshold == 0.2
-    norms = [layer for layer in model.backbone._flatten_layers()
+    norms = [layer for layer in _keras_compat.all_layers(model.backbone)
              if isinstance(layer, keras.layers.BatchNormalization)]
     assert norms and all(layer.momentum == 0.9 for layer in norms)
     assert all(layer.trainable for layer in norms)  # frozen_batchnorm=False
@@ -112,7 +114,7 @@ def test_learning_rate_schedules(schedule):
     config.train.learning_rate = 0.01
     config.train.warmup_steps = 10
     config.train.warmup_factor = 0.1
-    rate = rconfig.build_learning_rate(config, total_steps=100)
+    rate = builders.build_learning_rate(config, total_steps=100)
     assert float(rate(0)) == pytest.approx(0.001, rel=1e-4)
     assert float(rate(10)) == pytest.approx(0.01, rel=1e-3)
     final = float(rate(99))
@@ -122,27 +124,27 @@ def test_learning_rate_schedules(schedule):
 
 def test_shapes_datasets_and_pipelines():
     config = load("tiny")
-    datasets = rconfig.load_datasets(config)
-    assert len(datasets["train"]) == 8 and len(datasets["val"]) == 4
-    images, targets = next(iter(rconfig.train_pipeline(config, datasets["train"])))
+    splits = datasets.load_datasets(config)
+    assert len(splits["train"]) == 8 and len(splits["val"]) == 4
+    images, targets = next(iter(datasets.train_pipeline(config, splits["train"])))
     assert images.shape == (4, 128, 128, 3)
     assert targets["boxes"].shape == (4, 4, 4)
-    assert rconfig.steps_per_epoch(config, 8) == 2
+    assert datasets.steps_per_epoch(config, 8) == 2
     config.train.steps_per_epoch = 0
-    assert rconfig.steps_per_epoch(config, 8) == 2  # 8 images // batch 4
+    assert datasets.steps_per_epoch(config, 8) == 2  # 8 images // batch 4
 
 
 def test_missing_paths_name_the_field(tmp_path):
     config = load("custom")
     config.data.train = str(tmp_path / "nowhere")
     with pytest.raises(rconfig.ConfigError, match=r"config\.data\.train: folder not found"):
-        rconfig.load_datasets(config)
+        datasets.load_datasets(config)
     config.data.format = "coco"
     with pytest.raises(rconfig.ConfigError, match=r"config\.data\.train: file not found"):
-        rconfig.load_datasets(config)
+        datasets.load_datasets(config)
     config.data.train = ""
     with pytest.raises(rconfig.ConfigError, match=r"config\.data\.train: no path given"):
-        rconfig.load_datasets(config)
+        datasets.load_datasets(config)
 
 
 def test_voc_folder_with_held_out_validation(raccoon_dir):
@@ -150,7 +152,7 @@ def test_voc_folder_with_held_out_validation(raccoon_dir):
     config.data.format = "voc"
     config.data.train = str(raccoon_dir)
     config.data.val_fraction = 0.1
-    datasets = rconfig.load_datasets(config)
+    splits = datasets.load_datasets(config)
     train, val = datasets["train"], datasets["val"]
     assert len(val) == 20 and len(train) + len(val) == 200
     assert not {r.image_id for r in train.records} & {r.image_id for r in val.records}
@@ -163,5 +165,5 @@ def test_csv_train_and_val_share_class_ids(raccoon_dir):
     config.data.train = str(raccoon_dir / "train_labels.csv")
     config.data.val = str(raccoon_dir / "test_labels.csv")
     config.data.train_images = config.data.val_images = str(raccoon_dir / "images")
-    datasets = rconfig.load_datasets(config)
+    splits = datasets.load_datasets(config)
     assert datasets["train"].class_names == datasets["val"].class_names

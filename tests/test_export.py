@@ -333,7 +333,7 @@ def _run_litert(path, images):
 @pytest.fixture(scope="module")
 def litert_path(model, tmp_path_factory):
     path = tmp_path_factory.mktemp("litert") / "model.tflite"
-    return export.export_litert(model, path, image_size=(HEIGHT, WIDTH))
+    return export.export_litert(model, path, input_size=(HEIGHT, WIDTH))
 
 
 def test_litert_float32_agrees_with_predict(litert_path, images, reference):
@@ -363,7 +363,7 @@ def test_litert_rejects_the_wrong_input_size_and_dtype(litert_path, images):
 @pytest.mark.parametrize("quantization", ["float16", "dynamic_range"])
 def test_quantised_litert_agrees_within_its_tolerance(model, images, reference, litert_path,
                                                       tmp_path, quantization):
-    path = export.export(model, tmp_path, "litert", image_size=(HEIGHT, WIDTH),
+    path = export.export(model, tmp_path, "litert", input_size=(HEIGHT, WIDTH),
                          quantization=quantization)
     assert path == str(tmp_path / f"model_{quantization}.tflite")
     assert os.path.getsize(path) < 0.6 * os.path.getsize(litert_path)
@@ -401,15 +401,15 @@ def test_onnx_agrees_with_predict(model, images, reference, tmp_path):
     "kwargs, message",
     [
         (dict(format="tflite"), "`format` must be one of"),
-        (dict(format="saved_model", image_size=(64, 64)), "`image_size` applies to format='lit"),
+        (dict(format="saved_model", input_size=(64, 64)), "`input_size` applies to format='lit"),
         (dict(format="onnx", quantization="float16"), "`quantization` applies to format='litert'"),
         (dict(format="litert", resize=512), "`resize` does not apply to format='litert'"),
-        (dict(format="litert"), "`image_size` .* is required"),
-        (dict(format="litert", image_size=(64, 0)), "`image_size` must be"),
-        (dict(format="litert", image_size=(64, 64), quantization="int8"), "`quantization` must"),
+        (dict(format="litert"), "`input_size` .* is required"),
+        (dict(format="litert", input_size=(64, 0)), "`input_size` must be"),
+        (dict(format="litert", input_size=(64, 64), quantization="int8"), "`quantization` must"),
         (dict(format="saved_model", resize=16), "`resize` must be >= 32"),
         (dict(format="saved_model", resize=(800, 600)), "32 <= min_side <= max_side"),
-        (dict(format="litert", image_size=(64, 64), bytes_signature=False), "`bytes_signature`"),
+        (dict(format="litert", input_size=(64, 64), bytes_signature=False), "`bytes_signature`"),
         (dict(format="saved_model", opset=13), "`opset` applies to format='onnx'"),
     ],
 )

@@ -77,7 +77,7 @@ def test_postprocessor_on_extreme_outputs(logit_scale, delta_scale, seed):
     logits = (rng.standard_normal((2, num_anchors, 3)) * logit_scale).astype(np.float32)
     deltas = (rng.standard_normal((2, num_anchors, 4)) * delta_scale).astype(np.float32)
     detections = postprocessor(
-        tf.constant(logits), tf.constant(deltas), anchor_image_size=(64, 64), image_size=(50, 60)
+        tf.constant(logits), tf.constant(deltas), anchor_image_size=(64, 64), clip_size=(50, 60)
     )
     boxes = detections["boxes"].numpy()
     assert np.isfinite(boxes).all() and np.isfinite(detections["scores"].numpy()).all()

@@ -8,6 +8,7 @@ from conftest import make_squares, make_tiny_backbone
 
 import retinanet
 from retinanet.evaluation import VOCEvaluator
+from retinanet.anchors import AnchorGenerator
 from retinanet.model import FeaturePyramid, RetinaNetHead
 
 
@@ -72,6 +73,20 @@ def test_fpn_levels_and_channels():
     # P6 reads C5 (32 channels); P7 reads P6.
     assert fpn.extra_convs[0].kernel.shape == (3, 3, 32, 64)
     assert fpn.extra_convs[1].kernel.shape == (3, 3, 64, 64)
+
+
+@pytest.mark.parametrize("max_level", [5, 6])
+def test_shorter_pyramids_build_and_pad_to_their_own_multiple(tiny_retinanet, max_level):
+    anchors = AnchorGenerator(max_level=max_level)
+    model = tiny_retinanet(anchor_generator=anchors)
+    assert len(model.fpn.extra_convs) == max_level - 5
+    outputs = model(tf.zeros([1, 40, 70, 3]))
+    # Padded to multiples of 2**max_level: 64 x 128 for P5, 64 x 128 for P6.
+    multiple = 2**max_level
+    padded = (-(-40 // multiple) * multiple, -(-70 // multiple) * multiple)
+    assert outputs["cls_logits"].shape[1] == anchors.num_anchors(*padded)
+    detections = model.predict(np.zeros([1, 40, 70, 3], np.float32), verbose=0)
+    assert detections["boxes"].shape == (1, 100, 4)
 
 
 def test_fpn_and_head_parameter_count_by_hand(resnet50_model):

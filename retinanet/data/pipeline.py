@@ -1,19 +1,11 @@
 """Training and evaluation batches from a DetectionDataset (see docs/CONTRACTS.md).
 
-Per image: decode, resize keeping the aspect ratio, in training scale-jitter + random crop and
-random horizontal flip, pad bottom/right (so box coordinates are unchanged) to a multiple of
-128; then batch with boxes padded to `max_boxes` with -1.
-
-Resizing, for an image of height H and width W:
-  image_size=None:                 scale 1 (native size).
-  image_size=S (int):              scale = S / max(H, W), canvas S x S rounded up to a
-                                   multiple of 128 (TF Model Garden's fixed square).
-  image_size=(min_side, max_side): scale = min(min_side / min(H, W), max_side / max(H, W))
-                                   (detectron2's ResizeShortestEdge); canvas the resized size
-                                   rounded up to multiples of 128; batches pad to the largest.
-The resized image is round(H * scale) x round(W * scale); boxes are multiplied by the one
-`scale` for both axes (per-axis rounding error < 0.5 px / side), so eval boxes / scale give
-back the original boxes exactly.
+Per image: decode, resize keeping the aspect ratio and pad bottom/right (so box coordinates
+are unchanged) with the one rule of `retinanet.preprocess` (``image_size``: None, S or
+(min_side, max_side); canvases rounded up to ``size_multiple``); in training also scale
+jitter, a random crop and a random horizontal flip. Then batch, with boxes padded to
+``max_boxes`` with -1 and images of different canvases padded to the batch's largest. Eval
+boxes divided by the targets' ``scale`` give back the original boxes exactly.
 
 Training: scale *= uniform(scale_range); if the result exceeds the canvas, a random crop of
 the canvas size is taken (boxes shifted, clipped, and dropped when nothing of them is left);
@@ -32,84 +24,31 @@ tested by hand.
 
 from __future__ import annotations
 
-import numbers
-
 import tensorflow as tf
 
 from retinanet.data.dataset import DetectionDataset
+from retinanet.preprocess import (DEFAULT_SIZE_MULTIPLE, check_image_size,
+                                  resize_scale_and_canvas, resized_size, round_up)
 
-SIZE_MULTIPLE = 128
 MODES = ("train", "eval")
-
-
-def _round_up(value, multiple=SIZE_MULTIPLE):
-    return (value + multiple - 1) // multiple * multiple
-
-
-def check_image_size(image_size, name="image_size"):
-    """None, an int S >= 32, or (min_side, max_side) with 32 <= min_side <= max_side.
-
-    Returns the normalised value; raises a ValueError naming ``name`` otherwise.
-    """
-    if image_size is None:
-        return None
-    usage = f"`{name}` must be None, an int or (min_side, max_side), got {image_size!r}"
-    if isinstance(image_size, bool):
-        raise ValueError(usage)
-    if isinstance(image_size, numbers.Integral):
-        if image_size < 32:
-            raise ValueError(f"`{name}` must be >= 32, got {image_size}")
-        return int(image_size)
-    try:
-        min_side, max_side = (int(v) for v in image_size)
-    except (TypeError, ValueError):
-        raise ValueError(usage) from None
-    if not 32 <= min_side <= max_side:
-        raise ValueError(f"`{name}` (min_side, max_side) needs 32 <= min_side <= max_side, "
-                         f"got {image_size!r}")
-    return (min_side, max_side)
-
-
-def resize_scale_and_canvas(height, width, image_size):
-    """The resize factor and padded canvas size for an image (see the module docstring).
-
-    Args:
-      height, width: int32 scalar tensors, the original size.
-      image_size: None, int or (min_side, max_side).
-    Returns:
-      (scale float32 scalar, canvas int32 [2] as (height, width), multiples of 128).
-    """
-    h = tf.cast(height, tf.float32)
-    w = tf.cast(width, tf.float32)
-    if image_size is None:
-        scale = tf.constant(1.0)
-        canvas = tf.stack([height, width])
-    elif isinstance(image_size, int):
-        scale = image_size / tf.maximum(h, w)
-        canvas = tf.constant([image_size, image_size])
-    else:
-        min_side, max_side = image_size
-        scale = tf.minimum(min_side / tf.minimum(h, w), max_side / tf.maximum(h, w))
-        canvas = tf.cast(tf.round(tf.stack([h, w]) * scale), tf.int32)
-    return scale, _round_up(tf.cast(canvas, tf.int32))
 
 
 def _resize(image, scale):
     """Resizes uint8/float [H, W, 3] by scale; returns (float32 image, (h, w) int32)."""
     shape = tf.shape(image)[:2]
-    size = tf.maximum(tf.cast(tf.round(tf.cast(shape, tf.float32) * scale), tf.int32), 1)
+    size = resized_size(shape, scale)
     image = tf.cond(tf.reduce_all(tf.equal(size, shape)),
                     lambda: tf.cast(image, tf.float32),
                     lambda: tf.image.resize(image, size, method="bilinear"))
     return image, size
 
 
-def _pad_image(image, canvas, image_size):
+def _pad_image(image, canvas, image_size, size_multiple):
     """Pads float32 [h, w, 3] bottom/right with 0 to canvas (h <= canvas[0], w <= canvas[1])."""
     size = tf.shape(image)[:2]
     image = tf.pad(image, [[0, canvas[0] - size[0]], [0, canvas[1] - size[1]], [0, 0]])
     if isinstance(image_size, int):
-        side = _round_up(image_size)
+        side = round_up(image_size, size_multiple)
         image.set_shape([side, side, 3])
     else:
         image.set_shape([None, None, 3])
@@ -129,11 +68,12 @@ def _pad_boxes(values, max_boxes, image_id, pad_value):
     return padded
 
 
-def eval_transform(example, image_size, max_boxes):
+def eval_transform(example, image_size, max_boxes, size_multiple=DEFAULT_SIZE_MULTIPLE):
     """One example dict -> (image float32 [Hc, Wc, 3], targets) for evaluation."""
     image = example["image"]
     original_size = tf.shape(image)[:2]
-    scale, canvas = resize_scale_and_canvas(original_size[0], original_size[1], image_size)
+    scale, canvas = resize_scale_and_canvas(original_size[0], original_size[1], image_size,
+                                            size_multiple)
     image, _ = _resize(image, scale)
     image_id = example["image_id"]
     targets = {
@@ -145,11 +85,11 @@ def eval_transform(example, image_size, max_boxes):
         "is_crowd": _pad_boxes(example["is_crowd"], max_boxes, image_id, False),
         "difficult": _pad_boxes(example["difficult"], max_boxes, image_id, False),
     }
-    return _pad_image(image, canvas, image_size), targets
+    return _pad_image(image, canvas, image_size, size_multiple), targets
 
 
 def train_transform(example, random_seed, image_size, max_boxes, scale_range,
-                    horizontal_flip):
+                    horizontal_flip, size_multiple=DEFAULT_SIZE_MULTIPLE):
     """One example dict -> (image float32 [Hc, Wc, 3], {"boxes", "classes"}) for training.
 
     Args:
@@ -163,7 +103,8 @@ def train_transform(example, random_seed, image_size, max_boxes, scale_range,
 
     image = example["image"]
     original_size = tf.shape(image)[:2]
-    scale, canvas = resize_scale_and_canvas(original_size[0], original_size[1], image_size)
+    scale, canvas = resize_scale_and_canvas(original_size[0], original_size[1], image_size,
+                                            size_multiple)
     low, high = scale_range
     if low != high or low != 1.0:
         scale *= tf.random.stateless_uniform([], seeds[0], minval=low, maxval=high)
@@ -194,11 +135,12 @@ def train_transform(example, random_seed, image_size, max_boxes, scale_range,
     image_id = example["image_id"]
     targets = {"boxes": _pad_boxes(boxes, max_boxes, image_id, -1.0),
                "classes": _pad_boxes(classes, max_boxes, image_id, -1)}
-    return _pad_image(image, canvas, image_size), targets
+    return _pad_image(image, canvas, image_size, size_multiple), targets
 
 
 def pipeline(dataset, mode: str = "train", batch_size: int = 8, image_size=None, *,
-             max_boxes: int = 100, horizontal_flip: bool = True,
+             max_boxes: int = 100, size_multiple: int = DEFAULT_SIZE_MULTIPLE,
+             horizontal_flip: bool = True,
              scale_range=(0.8, 1.25), seed: int | None = None, deterministic: bool | None = None,
              cache=False, shuffle_buffer: int | None = None,
              drop_remainder: bool | None = None) -> tf.data.Dataset:
@@ -210,9 +152,12 @@ def pipeline(dataset, mode: str = "train", batch_size: int = 8, image_size=None,
         (resize and pad only; targets keep image_id, scale, original_size, is_crowd,
         difficult).
       batch_size: images per batch.
-      image_size: None (native size), int S (fixed S x S canvas), or (min_side, max_side).
+      image_size: the resize rule of `retinanet.preprocess`: None (native size), int S
+        (S x S canvas), or (min_side, max_side).
       max_boxes: M, boxes per image after padding; an image with more fails with an error
         naming it.
+      size_multiple: canvases are rounded up to multiples of it; the model's
+        `anchor_generator.stride_multiple` (128 for the default levels P3-P7).
       horizontal_flip: random horizontal flip in training.
       scale_range: (low, high) of the training scale jitter; (1, 1) turns it off.
       seed: int seeding shuffle and augmentation.
@@ -227,7 +172,7 @@ def pipeline(dataset, mode: str = "train", batch_size: int = 8, image_size=None,
       drop_remainder: default True for train (static batch size), False for eval.
 
     Returns:
-      tf.data.Dataset of (images float32 [B, H, W, 3] 0-255 with H, W multiples of 128,
+      tf.data.Dataset of (images float32 [B, H, W, 3] 0-255 with H, W multiples of size_multiple,
       targets {"boxes" float32 [B, M, 4] xyxy padded with -1, "classes" int32 [B, M] padded
       with -1, and in eval "image_id" string [B], "scale" float32 [B], "original_size" int32
       [B, 2] (height, width), "is_crowd", "difficult" bool [B, M] padded with False}).
@@ -238,6 +183,9 @@ def pipeline(dataset, mode: str = "train", batch_size: int = 8, image_size=None,
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if isinstance(max_boxes, bool) or not isinstance(max_boxes, int) or max_boxes < 1:
         raise ValueError(f"max_boxes must be a positive int, got {max_boxes!r}")
+    if isinstance(size_multiple, bool) or not isinstance(size_multiple, int) or \
+            size_multiple < 1:
+        raise ValueError(f"size_multiple must be a positive int, got {size_multiple!r}")
     image_size = check_image_size(image_size)
     try:
         low, high = (float(v) for v in scale_range)
@@ -296,12 +244,13 @@ def pipeline(dataset, mode: str = "train", batch_size: int = 8, image_size=None,
         def transform(element, random_seed):
             example = decode_step(element) if decode_step else element
             return train_transform(example, random_seed, image_size, max_boxes, (low, high),
-                                   horizontal_flip)
+                                   horizontal_flip, size_multiple)
 
         data = data.map(transform, num_parallel_calls=autotune, deterministic=deterministic)
     else:
         def transform(*element):
-            return eval_transform(decode_element(*element), image_size, max_boxes)
+            return eval_transform(decode_element(*element), image_size, max_boxes,
+                                  size_multiple)
 
         data = source.map(transform, num_parallel_calls=autotune, deterministic=deterministic)
         if cache is not False:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
 
 import numpy as np
 
+from retinanet import atomic
 from retinanet.evaluation.coco import COCO_METRIC_NAMES
 
 _COCO_COLUMNS = ("num_gt", "num_detections", "AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
@@ -173,21 +175,19 @@ def write_report(results: dict, output_dir: str, print_table: bool = True) -> di
         "pr_curves": None,
     }
     text = format_table(results)
-    with open(paths["markdown"], "w", encoding="utf-8") as handle:
-        handle.write(text)
+    atomic.write_text(paths["markdown"], text)
     if print_table:
         print(text)
 
     rows = per_class_rows(results)
-    with open(paths["csv"], "w", encoding="utf-8", newline="") as handle:
-        columns = list(rows[0]) if rows else ["class"]
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=list(rows[0]) if rows else ["class"])
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic.write_text(paths["csv"], table.getvalue())
 
     full = {key: value for key, value in (("coco", coco), ("voc", voc)) if value is not None}
-    with open(paths["json"], "w", encoding="utf-8") as handle:
-        json.dump(_jsonable(full), handle, indent=2, allow_nan=False)
+    atomic.write_text(paths["json"], json.dumps(_jsonable(full), indent=2, allow_nan=False))
 
     if voc is not None:
         paths["pr_curves"] = plot_pr_curves(voc, os.path.join(output_dir, "pr_curves.png"))

@@ -10,6 +10,7 @@ import numpy as np
 
 from retinanet.evaluation.coco import COCO_METRIC_NAMES, COCOEvaluator
 from retinanet.evaluation.voc import VOCEvaluator
+from retinanet.model.postprocess import unpad_detections
 
 
 def _numpy(value) -> np.ndarray:
@@ -67,17 +68,11 @@ def split_batch(
     gt_boxes = _numpy(targets["boxes"]).astype(np.float64)
     gt_classes = _numpy(targets["classes"])
     batch_size = gt_boxes.shape[0]
-    det_boxes = _numpy(detections["boxes"]).astype(np.float64)
-    det_scores = _numpy(detections["scores"])
-    det_classes = _numpy(detections["classes"])
-    if det_boxes.shape[0] != batch_size:
+    found = unpad_detections({key: _numpy(value) for key, value in detections.items()})
+    if len(found) != batch_size:
         raise ValueError(
-            f"detections['boxes'] has batch size {det_boxes.shape[0]} but targets has {batch_size}"
+            f"detections['boxes'] has batch size {len(found)} but targets has {batch_size}"
         )
-    if "num_detections" in detections:
-        num_detections = _numpy(detections["num_detections"]).reshape(-1).astype(np.int64)
-    else:
-        num_detections = None
     scales = (
         _numpy(targets["scale"]).reshape(-1).astype(np.float64)
         if "scale" in targets else np.ones(batch_size)
@@ -104,10 +99,6 @@ def split_batch(
     images = []
     for index in range(batch_size):
         keep_gt = gt_classes[index] >= 0
-        if num_detections is not None:
-            count = int(num_detections[index])
-        else:
-            count = int(np.count_nonzero(det_classes[index] >= 0))
         image_id = image_ids[index] if image_ids is not None else str(first_index + index)
         images.append({
             "image_id": image_id,
@@ -115,9 +106,9 @@ def split_batch(
             "gt_classes": gt_classes[index][keep_gt],
             "gt_iscrowd": is_crowd[index][keep_gt] if is_crowd is not None else None,
             "gt_difficult": difficult[index][keep_gt] if difficult is not None else None,
-            "det_boxes": to_original(det_boxes[index][:count], index),
-            "det_scores": det_scores[index][:count],
-            "det_classes": det_classes[index][:count],
+            "det_boxes": to_original(found[index]["boxes"].astype(np.float64), index),
+            "det_scores": found[index]["scores"],
+            "det_classes": found[index]["classes"],
         })
     return images
 

@@ -9,12 +9,13 @@ class FeaturePyramid(keras.layers.Layer):
 
     - P3-P5: 1x1 lateral convs on C3-C5, a top-down path with nearest-neighbour 2x
       upsampling and addition, then a 3x3 output conv on each level.
-    - P6: a 3x3 stride-2 conv on C5. P7 and above: a 3x3 stride-2 conv on ReLU of the level
-      below.
+    - P6 (when ``max_level >= 6``): a 3x3 stride-2 conv on C5. P7 and above: a 3x3 stride-2
+      conv on ReLU of the level below.
 
     Input: a list of three float tensors ``[B, H/8, W/8, c3]``, ``[B, H/16, W/16, c4]``,
     ``[B, H/32, W/32, c5]`` with H and W multiples of ``2**max_level``.
-    Output: a list of ``max_level - 2`` tensors ``[B, H/2**l, W/2**l, filters]``, l = 3..max_level.
+    Output: a list of ``max_level - 2`` tensors ``[B, H/2**l, W/2**l, filters]``, l = 3..max_level
+    (``max_level`` 5 gives P3-P5 only).
     """
 
     def __init__(self, filters=256, max_level=7, **kwargs):
@@ -44,9 +45,9 @@ class FeaturePyramid(keras.layers.Layer):
             conv.build(shape)
         for conv, shape in zip(self.output_convs, input_shapes):
             conv.build(shape[:-1] + (self.filters,))
-        self.extra_convs[0].build(input_shapes[-1])
-        for conv in self.extra_convs[1:]:
-            conv.build(input_shapes[-1][:-1] + (self.filters,))
+        for index, conv in enumerate(self.extra_convs):
+            conv.build(input_shapes[-1] if index == 0 else
+                       input_shapes[-1][:-1] + (self.filters,))
 
     def call(self, features):
         c3, c4, c5 = features
@@ -54,10 +55,9 @@ class FeaturePyramid(keras.layers.Layer):
         p4 = self.lateral_convs[1](c4) + self.upsample(p5)
         p3 = self.lateral_convs[0](c3) + self.upsample(p4)
         outputs = [conv(p) for conv, p in zip(self.output_convs, (p3, p4, p5))]
-        extra = self.extra_convs[0](c5)
-        outputs.append(extra)
-        for conv in self.extra_convs[1:]:
-            extra = conv(keras.ops.relu(extra))
+        extra = c5
+        for index, conv in enumerate(self.extra_convs):
+            extra = conv(extra if index == 0 else keras.ops.relu(extra))
             outputs.append(extra)
         return outputs
 

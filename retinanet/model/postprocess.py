@@ -13,14 +13,14 @@ class DetectionPostprocessor(keras.layers.Layer):
 
     Per image and per pyramid level, keep the ``pre_nms_topk_per_level`` highest-scoring
     (anchor, class) pairs; decode only those boxes and clip them to the image; drop scores
-    below ``score_threshold``; then class-aware NMS at ``iou_threshold`` keeps at most
+    at or below ``score_threshold``; then class-aware NMS at ``iou_threshold`` keeps at most
     ``max_detections``. Only the kept candidates are decoded, which is what keeps this cheap
     next to the network itself.
 
     Call with:
         cls_logits: float ``[B, A, K]``; box_deltas: float ``[B, A, 4]``.
         anchor_image_size: ``(height, width)`` the anchors tile (the padded input).
-        image_size: ``(height, width)`` to clip boxes to (the unpadded input).
+        clip_size: ``(height, width)`` to clip boxes to (the unpadded input).
 
     Returns:
         ``{"boxes": float32 [B, D, 4] xyxy pixels, "scores": float32 [B, D],
@@ -82,7 +82,7 @@ class DetectionPostprocessor(keras.layers.Layer):
             tf.concat(logits, axis=1),
         )
 
-    def call(self, cls_logits, box_deltas, anchor_image_size, image_size):
+    def call(self, cls_logits, box_deltas, anchor_image_size, clip_size):
         cls_logits = tf.cast(cls_logits, tf.float32)
         box_deltas = tf.cast(box_deltas, tf.float32)
         anchors = self.anchor_generator(*anchor_image_size)
@@ -90,8 +90,8 @@ class DetectionPostprocessor(keras.layers.Layer):
         scores = tf.sigmoid(logits)
         deltas = tf.gather(box_deltas, anchor_indices, batch_dims=1)  # [B, C, 4]
         boxes = ops.decode_boxes(deltas, tf.gather(anchors, anchor_indices), self.box_weights)
-        height = tf.cast(image_size[0], tf.float32)
-        width = tf.cast(image_size[1], tf.float32)
+        height = tf.cast(clip_size[0], tf.float32)
+        width = tf.cast(clip_size[1], tf.float32)
         boxes = tf.clip_by_value(boxes, 0.0, tf.stack([width, height, width, height]))
 
         def per_image(args):
@@ -143,3 +143,25 @@ class DetectionPostprocessor(keras.layers.Layer):
             config["anchor_generator"]
         )
         return cls(**config)
+
+
+def unpad_detections(detections) -> list:
+    """Per-image detections without padding, from the padded batch `DetectionPostprocessor`
+    (and so ``model.predict``) returns.
+
+    Args:
+        detections: ``{"boxes" [B, D, 4], "scores" [B, D], "classes" [B, D]}`` (numpy or
+            tensors), and ``"num_detections" [B]``; without it, entries with class >= 0 count.
+
+    Returns:
+        A list of B dicts ``{"boxes" [n, 4], "scores" [n], "classes" [n]}`` of numpy arrays.
+    """
+    import numpy as np
+
+    arrays = {key: np.asarray(detections[key]) for key in ("boxes", "scores", "classes")}
+    if "num_detections" in detections:
+        counts = np.asarray(detections["num_detections"]).reshape(-1)
+    else:
+        counts = np.count_nonzero(arrays["classes"] >= 0, axis=-1)
+    return [{key: value[index][:int(count)] for key, value in arrays.items()}
+            for index, count in enumerate(counts)]

@@ -2,16 +2,16 @@
 
 import keras
 import tensorflow as tf
-from keras.src.losses.loss import scale_loss_for_distribution
 
-from retinanet import training
+from retinanet import _keras_compat
 from retinanet.anchors import AnchorGenerator
-from retinanet.losses import POSITIVE, FocalLoss, SmoothL1Loss
-from retinanet.matching import LabelEncoder
+from retinanet.losses import FocalLoss, SmoothL1Loss
+from retinanet.matching import POSITIVE, LabelEncoder
 from retinanet.model.backbone import build_backbone
 from retinanet.model.fpn import FeaturePyramid
 from retinanet.model.heads import RetinaNetHead
 from retinanet.model.postprocess import DetectionPostprocessor
+from retinanet.training.schedules import default_optimizer
 
 
 def _images_and_targets(x, y):
@@ -32,7 +32,8 @@ class RetinaNet(keras.Model):
     """RetinaNet (Lin et al., "Focal Loss for Dense Object Detection", 2017).
 
     Feed raw RGB images with values in 0-255 (float or uint8) of any size; the model
-    normalises them as its backbone expects and pads them to a multiple of 128 inside.
+    normalises them as its backbone expects and pads them inside to a multiple of
+    ``anchor_generator.stride_multiple`` (``2**max_level``, 128 by default).
 
     - ``model(images)`` returns the raw head outputs ``{"cls_logits": [B, A, K],
       "box_deltas": [B, A, 4]}`` in float32.
@@ -161,7 +162,7 @@ class RetinaNet(keras.Model):
             outputs["cls_logits"],
             outputs["box_deltas"],
             anchor_image_size=self._padded_size(images),
-            image_size=(shape[1], shape[2]),
+            clip_size=(shape[1], shape[2]),
         )
 
     def predict_step(self, data):
@@ -170,11 +171,8 @@ class RetinaNet(keras.Model):
 
     def make_predict_function(self, force=False):
         # NMS has no XLA kernel on CPU, so predict never runs under jit_compile.
-        jit_compile, self._jit_compile = self._jit_compile, False
-        try:
+        with _keras_compat.jit_compile_off(self):
             return super().make_predict_function(force)
-        finally:
-            self._jit_compile = jit_compile
 
     # -- training ------------------------------------------------------------------------
 
@@ -207,7 +205,7 @@ class RetinaNet(keras.Model):
         self.box_loss = box_loss or SmoothL1Loss()
         self.box_loss_weight = float(box_loss_weight)
         super().compile(
-            optimizer=optimizer or training.default_optimizer(), jit_compile=jit_compile, **kwargs
+            optimizer=optimizer or default_optimizer(), jit_compile=jit_compile, **kwargs
         )
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
@@ -231,7 +229,7 @@ class RetinaNet(keras.Model):
         self.num_positives_tracker.update_state(
             tf.reduce_sum(tf.cast(tf.equal(states, POSITIVE), tf.float32))
         )
-        return scale_loss_for_distribution(total)
+        return _keras_compat.scale_loss_for_distribution(total)
 
     # -- serialisation -------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ Trains ``configs/shapes.py`` (the built-in synthetic shapes set, no download) in
 checks that the SavedModel's detections agree with the Keras model's, draws a gallery of
 detections on validation images (``runs/demo/detections.png``) and prints a summary.
 
-    python -m retinanet.demo [--workdir=runs/demo] [--config.train.epochs=...]
+    python -m retinanet.apps.demo [--workdir=runs/demo] [--config.train.epochs=...]
 
 An interrupted demo resumes where it stopped when run again with the same config; with
 another config it starts over.
@@ -14,7 +14,6 @@ another config it starts over.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -35,13 +34,11 @@ flags.DEFINE_integer("verbose", 1, "Keras verbosity: 1 progress bars, 2 one line
 
 
 def _same_config(config, workdir: str) -> bool:
+    from retinanet import atomic
     from retinanet import config as rconfig
 
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
-        return True
-    with open(path, encoding="utf-8") as file:
-        return json.load(file) == rconfig.to_dict(config)
+    saved = atomic.read_json(os.path.join(workdir, "config.json"))
+    return saved is None or not any(rconfig.changed_fields(saved, rconfig.to_dict(config)))
 
 
 def _gallery(model, dataset, class_names, count: int, path: str):
@@ -49,15 +46,12 @@ def _gallery(model, dataset, class_names, count: int, path: str):
     import numpy as np
 
     from retinanet import visualization
+    from retinanet.model.postprocess import unpad_detections
 
     examples = list(dataset.examples.take(count).as_numpy_iterator())
     images = np.stack([example["image"] for example in examples])
     detections = model.predict_on_batch(images)
-    per_image = []
-    for index in range(len(examples)):
-        found = int(detections["num_detections"][index])
-        per_image.append({key: detections[key][index][:found]
-                          for key in ("boxes", "scores", "classes")})
+    per_image = unpad_detections(detections)
     truth = [{"boxes": example["boxes"], "classes": example["classes"]} for example in examples]
     # 0.5 for the picture: lower scores are mostly the same shape under another class name
     # (NMS is per class), which the metrics count but a reader need not see.
@@ -86,7 +80,7 @@ def main(argv):
     start = time.time()
     logging.set_verbosity(logging.WARNING)  # not absl's INFO lines of SavedModel writing
     from retinanet import config as rconfig
-    from retinanet import trainer
+    from retinanet.training import trainer
 
     config = FLAGS.config
     rconfig.validate(config)
@@ -128,8 +122,9 @@ def main(argv):
         "cpu_count": os.cpu_count(),
         "saved_model_max_box_difference_px": round(difference, 6),
     }
-    with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as file:
-        json.dump(summary, file, indent=2)
+    from retinanet import atomic
+
+    atomic.write_json(os.path.join(workdir, "summary.json"), summary)
     print(
         "\n== Demo summary\n"
         f"  shapes validation split ({summary['validation_images']} images): "

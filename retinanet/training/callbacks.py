@@ -1,8 +1,8 @@
-"""Keras callbacks of `retinanet train`: atomic checkpoints and a resumable backup.
+"""Keras callbacks of `retinanet train`: atomic checkpoints, a resumable backup, a NaN guard.
 
-Every file is written to a temporary name first and then renamed (`os.replace` is atomic on
-POSIX), so a run killed at any moment leaves each checkpoint either at its previous version or
-at its new one, never half written.
+Checkpoints and backups are written to a temporary name first and then renamed (`os.replace`
+is atomic on POSIX), so a run killed at any moment leaves each of them either at its previous
+version or at its new one, never half written.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import os
 
 import keras
 
+from retinanet import _keras_compat
 from retinanet.atomic import read_json, write_json
 
 
@@ -86,10 +87,10 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
 
     Keras' own callback overwrites ``latest.weights.h5`` in place and then the metadata, so a
     kill during the save can leave a file that fails to load or metadata that disagrees with
-    the weights. Here each backup goes to a new file ``epoch_<N>.weights.h5`` (model weights
-    and optimizer state: step count, moments, so the learning-rate schedule continues), and
-    ``training_metadata.json`` is replaced afterwards to point at it; the previous file is
-    kept as a fallback and older ones are deleted.
+    the weights. Here each backup goes to a new file ``epoch_<N>_batch_<M>.weights.h5`` (model
+    weights and optimizer state: step count, moments, so the learning-rate schedule
+    continues), and ``training_metadata.json`` is replaced afterwards to point at it; the
+    previous file is kept as a fallback and older ones are deleted.
 
     Args:
         backup_dir: where the state is read from when training starts.
@@ -133,7 +134,7 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
                 continue
             epoch = metadata["epoch"] if name == metadata.get("weights") else \
                 metadata.get("previous_epoch", 0)
-            self.model._initial_epoch = int(epoch)  # read by fit() after on_train_begin
+            _keras_compat.set_initial_epoch(self.model, epoch)
             return
         raise ValueError(f"{self.backup_dir}: no backup loads ({'; '.join(errors)}); delete "
                          "the folder to start over")
@@ -142,12 +143,12 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         os.makedirs(self.write_dir, exist_ok=True)
         metadata_path = os.path.join(self.write_dir, self.METADATA)
         previous = read_json(metadata_path) or {}
-        name = f"epoch_{self._current_epoch:05d}_batch_{self._last_batch_seen:06d}.weights.h5"
+        epoch, batch = _keras_compat.backup_progress(self)
+        name = f"epoch_{epoch:05d}_batch_{batch:06d}.weights.h5"
         tmp = os.path.join(self.write_dir, f"tmp_{name}")
         self.model.save_weights(tmp, overwrite=True)
         os.replace(tmp, os.path.join(self.write_dir, name))
-        metadata = {"epoch": self._current_epoch, "batch": self._last_batch_seen,
-                    "weights": name}
+        metadata = {"epoch": epoch, "batch": batch, "weights": name}
         if previous.get("weights") and previous["weights"] != name:
             metadata["previous_weights"] = previous["weights"]
             metadata["previous_epoch"] = previous.get("epoch", 0)

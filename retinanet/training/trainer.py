@@ -1,7 +1,7 @@
 """`retinanet train` as a function: strategy, data, model, callbacks, fit, final evaluation.
 
-`train(config, workdir)` is what the command line's ``train`` and `retinanet.demo` run; see
-`retinanet.cli` for the files it leaves in the workdir.
+`train(config, workdir)` is what the command line's ``train`` and `retinanet.apps.demo` run;
+`retinanet.training.workdir` describes the files it leaves in the workdir.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import signal
 import sys
 import threading
 
-from retinanet import atomic
+from retinanet import _keras_compat, atomic
 from retinanet import config as rconfig
+from retinanet.training import builders, datasets, workdir as run_folder
 
 STRATEGIES = ("default", "mirrored", "multi_worker_mirrored", "tpu")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -34,8 +35,8 @@ class TrainingInterrupted(KeyboardInterrupt):
 def _sigterm_interrupts():
     """Turns SIGTERM (preemption, `kill`, a scheduler's timeout) into `TrainingInterrupted`.
 
-    Without it SIGTERM ends the process silently. Every file is written atomically, so
-    stopping between any two Python statements keeps the last saved state loadable.
+    Without it SIGTERM ends the process silently. Checkpoints and the backup are written
+    atomically, so stopping between any two Python statements keeps them loadable.
     """
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be installed from the main thread
@@ -114,7 +115,7 @@ def train(config, workdir: str, *, strategy: str = "default", precision: str = "
 
     Args:
         config: a validated ConfigDict (see `retinanet.config`).
-        workdir: the run folder (see the module docstring for what it holds).
+        workdir: the run folder (`retinanet.training.workdir` lists what it holds).
         strategy: one of `STRATEGIES`; precision: one of `PRECISIONS`.
         verbose: Keras verbosity (0 silent, 1 progress bars, 2 one line per epoch).
         tpu: the TPU for strategy "tpu".
@@ -129,7 +130,7 @@ def train(config, workdir: str, *, strategy: str = "default", precision: str = "
     # read the data first, so a bad path fails before TensorFlow starts up its devices.
     early = strategy in ("multi_worker_mirrored", "tpu")
     distribution = make_strategy(strategy, tpu) if early else None
-    datasets = rconfig.load_datasets(config)
+    splits = datasets.load_datasets(config)
     distribution = distribution or make_strategy(strategy, tpu)
     import shutil
     import tempfile
@@ -137,7 +138,7 @@ def train(config, workdir: str, *, strategy: str = "default", precision: str = "
     import keras
     import tensorflow as tf
 
-    from retinanet import callbacks as rcallbacks
+    from retinanet.training import callbacks as rcallbacks
     from retinanet.evaluation import EvaluationCallback, evaluate, write_report
 
     keras.mixed_precision.set_global_policy(precision)
@@ -145,7 +146,7 @@ def train(config, workdir: str, *, strategy: str = "default", precision: str = "
     if config.train.deterministic:
         tf.config.experimental.enable_op_determinism()
 
-    train_set, val_set = datasets["train"], datasets["val"]
+    train_set, val_set = splits["train"], splits["val"]
     class_names, category_ids = train_set.class_names, train_set.category_ids
     is_chief, task_id = _worker(distribution)
     multi_worker = strategy == "multi_worker_mirrored"
@@ -159,10 +160,9 @@ def train(config, workdir: str, *, strategy: str = "default", precision: str = "
     if is_chief:
         _check_resumed_config(config, workdir)
         rconfig.save(config, workdir)
-        atomic.write_json(os.path.join(workdir, "classes.json"),
-                          {"class_names": class_names, "category_ids": category_ids})
+        run_folder.write_classes(workdir, class_names, category_ids)
 
-    steps = rconfig.steps_per_epoch(config, len(train_set))
+    steps = datasets.steps_per_epoch(config, len(train_set))
     epochs = config.train.epochs
     backup_dir = os.path.join(workdir, "backup")
     initial_epoch = rcallbacks.ResumableBackup.saved_epoch(backup_dir)
@@ -173,12 +173,12 @@ def train(config, workdir: str, *, strategy: str = "default", precision: str = "
         if is_chief:
             _truncate_csv(csv_path, initial_epoch)
 
-    train_data = rconfig.train_pipeline(config, train_set)
+    train_data = datasets.train_pipeline(config, train_set)
     if config.train.deterministic and initial_epoch:
         # Same batches as an uninterrupted run: the repeated stream is seeded, so skipping the
         # finished epochs' batches continues it exactly.
         train_data = train_data.skip(min(initial_epoch, epochs) * steps)
-    val_data = rconfig.eval_pipeline(config, val_set)
+    val_data = datasets.eval_pipeline(config, val_set)
     if multi_worker:
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = \
@@ -186,11 +186,11 @@ def train(config, workdir: str, *, strategy: str = "default", precision: str = "
         train_data = train_data.with_options(options)
 
     with distribution.scope():
-        model = rconfig.build_model(config, len(class_names),
+        model = builders.build_model(config, len(class_names),
                                     num_replicas=distribution.num_replicas_in_sync)
-        rconfig.compile_model(model, config, steps * epochs)
+        builders.compile_model(model, config, steps * epochs)
         if multi_worker:
-            _multi_worker_workarounds(model)
+            _keras_compat.allow_multi_worker_fit(model)
     print(f"Training {config.name}: {len(train_set)} training and {len(val_set)} validation "
           f"images, {len(class_names)} classes, {epochs} epochs of {steps} steps, global batch "
           f"{config.data.batch_size}, strategy {strategy} "
@@ -253,35 +253,6 @@ def train(config, workdir: str, *, strategy: str = "default", precision: str = "
             "val_dataset": val_set, "val_data": val_data}
 
 
-def _multi_worker_workarounds(model):
-    """Lets Keras 3's `fit` run under MultiWorkerMirroredStrategy (keras-team/keras#20585).
-
-    Two steps of `fit` fail there, both in Keras, not in the model:
-
-    - Before training, `fit` averages one distributed batch across workers with
-      `strategy.reduce` only to build the model symbolically, and that reduce fails ("Attempt
-      to convert a value (PerReplica...) to a Tensor"). RetinaNet creates its weights in its
-      constructor (only the weightless postprocessor waits for `predict`), so the optimizer
-      is built here and that step becomes a no-op on this model instance.
-    - After each step the logs are averaged with ``strategy.reduce("MEAN", v, axis=0)``, which
-      fails on scalars ("Invalid reduction dimension 0"). The train step here returns them
-      as ``[1]`` vectors, which that reduce averages back to scalars.
-    """
-    import tensorflow as tf
-
-    if not model.optimizer.built:
-        model.optimizer.build(model.trainable_variables)
-    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
-    train_step = model.train_step
-
-    def train_step_with_vector_logs(data):
-        logs = train_step(data)
-        return {key: tf.reshape(value, [1]) if value.shape.rank == 0 else value
-                for key, value in logs.items()}
-
-    model.train_step = train_step_with_vector_logs
-
-
 def _check_resumed_config(config, workdir: str):
     """Warns when a run resumes with a config other than the one it started with."""
     path = os.path.join(workdir, "config.json")
@@ -291,19 +262,10 @@ def _check_resumed_config(config, workdir: str):
     with open(path, encoding="utf-8") as file:
         saved = json.load(file)
     current = rconfig.to_dict(config)
-    changed = sorted(_diff(saved, current))
+    changed = sorted(rconfig.changed_fields(saved, current))
     if changed:
         print(f"warning: resuming {workdir} with a changed config ({', '.join(changed)}); "
               "the backup restores the old run's weights and optimizer state", file=sys.stderr)
-
-
-def _diff(old: dict, new: dict, prefix: str = "config"):
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            yield from _diff(a, b, f"{prefix}.{key}")
-        elif a != b:
-            yield f"{prefix}.{key}"
 
 
 def summary(results, output_dir):

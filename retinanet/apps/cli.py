@@ -6,17 +6,7 @@
     retinanet export --workdir=runs/shapes --output=DIR [--format=saved_model|litert|onnx]
     retinanet debug-anchors --config=configs/shapes.py [--output=DIR] [--split=train]
 
-The workdir of a training run holds:
-
-    config.json, config.py      the full config (config.py loads with --config=)
-    classes.json                class names and dataset category ids
-    checkpoints/last.keras      after every epoch (written atomically)
-    checkpoints/best.keras      the best epoch by val_AP, with checkpoints/best.json
-    backup/                     BackupAndRestore state: rerun the same command to resume
-    logs/                       TensorBoard (train/ and validation/)
-    training_log.csv            one row per epoch (loss, val_AP, ..., optimizer step)
-    metrics.json, report.md,    the final evaluation (COCO metrics and VOC mAP), the
-    per_class.csv, pr_curves.png  per-class table and PR curves
+`retinanet.training.workdir` lists what a training run's workdir holds.
 
 Bad input (a wrong config field, a missing dataset path, an unknown format or flag value)
 ends with one line ``retinanet <command>: error: ...`` on stderr and exit status 2; pass
@@ -26,7 +16,6 @@ ends with one line ``retinanet <command>: error: ...`` on stderr and exit status
 from __future__ import annotations
 
 import functools
-import json
 import os
 import signal
 import sys
@@ -38,8 +27,9 @@ from ml_collections import config_flags  # noqa: E402
 
 from retinanet import atomic  # noqa: E402
 from retinanet import config as rconfig  # noqa: E402
-from retinanet import trainer  # noqa: E402
-from retinanet.trainer import PRECISIONS, STRATEGIES, UsageError  # noqa: E402
+from retinanet.training import datasets, trainer  # noqa: E402
+from retinanet.training import workdir as run_folder  # noqa: E402
+from retinanet.training.trainer import PRECISIONS, STRATEGIES, UsageError  # noqa: E402
 
 COMMANDS = ("train", "evaluate", "predict", "export", "debug-anchors")
 EXIT_USAGE = 2
@@ -111,36 +101,15 @@ def _config(required: bool = True):
     return config
 
 
-def _class_info(workdir: str):
-    path = os.path.join(workdir, "classes.json")
-    if not os.path.isfile(path):
-        return None, None
-    with open(path, encoding="utf-8") as file:
-        info = json.load(file)
-    return info["class_names"], info.get("category_ids")
-
-
-def _checkpoint_path(workdir: str) -> str:
-    choice = FLAGS.checkpoint
-    if choice in ("best", "last"):
-        path = os.path.join(workdir, "checkpoints", f"{choice}.keras")
-        if choice == "best" and not os.path.isfile(path):
-            path = os.path.join(workdir, "checkpoints", "last.keras")  # no evaluation ran yet
-    else:
-        path = choice
-    if not os.path.isfile(path):
-        raise UsageError(f"--checkpoint={choice}: checkpoint not found: {path}")
-    return path
-
-
 def _load_model(workdir: str):
+    """The --checkpoint of ``workdir`` as a `RetinaNet`."""
     import keras
 
     import retinanet  # noqa: F401  (registers the custom objects)
 
-    path = _checkpoint_path(workdir)
+    path = run_folder.checkpoint_path(workdir, FLAGS.checkpoint)
     print(f"Loading {path}", flush=True)
-    return keras.saving.load_model(path), path
+    return keras.saving.load_model(path)
 
 
 def _set_precision():
@@ -171,15 +140,15 @@ def cmd_evaluate():
     from retinanet.evaluation import evaluate, write_report
 
     _set_precision()
-    dataset = rconfig.load_datasets(config, (split,))[split]
-    class_names, category_ids = _class_info(workdir)
+    dataset = datasets.load_datasets(config, (split,))[split]
+    class_names, category_ids = run_folder.read_classes(workdir)
     if class_names is not None and class_names != dataset.class_names:
         raise UsageError(f"the {split} split's classes {dataset.class_names} differ from the "
                          f"trained model's {class_names}")
-    model, _ = _load_model(workdir)
+    model = _load_model(workdir)
     output = FLAGS.output or os.path.join(workdir, "eval", split)
     print(f"Evaluating on {len(dataset)} {split} images", flush=True)
-    results = evaluate(model, rconfig.eval_pipeline(config, dataset),
+    results = evaluate(model, datasets.eval_pipeline(config, dataset),
                        class_names=dataset.class_names,
                        category_ids=category_ids or dataset.category_ids,
                        verbose=FLAGS.verbose,
@@ -192,97 +161,29 @@ def cmd_evaluate():
 # -- predict ------------------------------------------------------------------------------
 
 
-def _image_records(images: str):
-    from retinanet.data import Record
-    from retinanet.data.validation import IMAGE_EXTENSIONS, ImageProblem, list_images, \
-        probe_image
-
-    import numpy as np
-
-    if os.path.isdir(images):
-        relative = list_images(images)
-        paths = [os.path.join(images, name) for name in relative]
-        if not paths:
-            raise UsageError(f"--images={images}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
-    elif os.path.isfile(images):
-        relative, paths = [os.path.basename(images)], [images]
-    else:
-        raise UsageError(f"--images={images}: file or folder not found")
-    records = []
-    for name, path in zip(relative, paths):
-        try:
-            height, width = probe_image(path)
-        except ImageProblem as problem:
-            raise UsageError(f"--images: {problem}") from None
-        records.append(Record(image_id=os.path.splitext(name)[0], path=path, height=height,
-                              width=width, boxes=np.zeros((0, 4), np.float32),
-                              classes=np.zeros(0, np.int32), is_crowd=np.zeros(0, bool),
-                              difficult=np.zeros(0, bool)))
-    return records, relative
-
-
 def cmd_predict():
     """Detections for image files: COCO-results JSON plus annotated copies of the images."""
     workdir = _require("workdir")
     images = _require("images")
     output = _require("output")
     config = _config(required=False)
-    import keras
-    import numpy as np
-    import tensorflow as tf
-
-    from retinanet import visualization
+    from retinanet.apps.predict import image_records, predict_images
     from retinanet.data import DetectionDataset
-    from retinanet.evaluation import split_batch
 
-    records, relative = _image_records(images)
-    class_names, category_ids = _class_info(workdir)
+    records, names = image_records(images)
+    class_names, category_ids = run_folder.read_classes(workdir)
     _set_precision()
-    model, _ = _load_model(workdir)
+    model = _load_model(workdir)
     if class_names is None:
         class_names = [str(i) for i in range(model.num_classes)]
     threshold = FLAGS.score_threshold
     if threshold is not None and threshold < model.postprocessor.score_threshold:
-        # Read when the predict function is traced, i.e. on the first batch below.
+        # Read when the predict function is traced, i.e. on the first batch.
         model.postprocessor.score_threshold = float(threshold)
-    dataset = DetectionDataset(class_names, records, name=images)
-    batches = rconfig.eval_pipeline(config, dataset)
-    os.makedirs(output, exist_ok=True)
-    results = []
-    progbar = keras.utils.Progbar(len(records), verbose=FLAGS.verbose, unit_name="image")
-    done = 0
-    for batch_images, targets in batches:
-        detections = model.predict_on_batch(batch_images)
-        for found in split_batch(targets, detections, tuple(batch_images.shape[1:3]),
-                                 first_index=done):
-            record, name = records[done], relative[done]
-            keep = np.ones(len(found["det_scores"]), bool) if threshold is None else \
-                found["det_scores"] >= threshold
-            boxes = found["det_boxes"][keep]
-            scores, classes = found["det_scores"][keep], found["det_classes"][keep]
-            for box, score, cls in zip(boxes, scores, classes):
-                x1, y1, x2, y2 = (float(v) for v in box)
-                results.append({
-                    "image_id": record.image_id,
-                    "file_name": name,
-                    "category_id": int(category_ids[cls]) if category_ids else int(cls),
-                    "category_name": class_names[cls],
-                    "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
-                    "score": round(float(score), 5),
-                })
-            pixels = tf.io.decode_image(tf.io.read_file(record.path), channels=3,
-                                        expand_animations=False).numpy()
-            drawn = visualization.draw_detections(
-                pixels, boxes, classes, scores, class_names,
-                score_threshold=0.3 if threshold is None else threshold)
-            stem, extension = os.path.splitext(name)
-            extension = ".jpg" if extension.lower() in (".jpg", ".jpeg") else ".png"
-            visualization.save_image(drawn, os.path.join(output, stem + extension))
-            done += 1
-            progbar.update(done)
-    path = os.path.join(output, "detections.json")
-    atomic.write_json(path, results)
-    print(f"{len(results)} detections in {done} images -> {path} (COCO results format; "
+    batches = datasets.eval_pipeline(config, DetectionDataset(class_names, records, name=images))
+    path, found, done = predict_images(model, batches, records, names, output, class_names,
+                                       category_ids, threshold, FLAGS.verbose)
+    print(f"{found} detections in {done} images -> {path} (COCO results format; "
           f"category_id is the {'dataset category id' if category_ids else '0-based class'})",
           flush=True)
 
@@ -300,18 +201,20 @@ def cmd_export():
         raise UsageError(f"--format={FLAGS.format}: unknown format; expected one of "
                          f"{', '.join(rexport.FORMATS)}")
     config = _config(required=False)
-    model, path = _load_model(workdir)
+    from retinanet.preprocess import round_up
+
+    model = _load_model(workdir)
     size = rconfig.image_size(config)
-    kwargs = {}
     if FLAGS.format == "litert":
-        side = size if isinstance(size, int) else size[1]
-        side = -(-side // 128) * 128
-        kwargs = {"image_size": (side, side), "quantization": FLAGS.quantization or None}
+        # A fixed square canvas that holds the resized images of either resize rule.
+        side = round_up(size if isinstance(size, int) else size[1],
+                        model.anchor_generator.stride_multiple)
+        kwargs = {"input_size": (side, side), "quantization": FLAGS.quantization or None}
     else:
         if FLAGS.quantization:
             raise UsageError("--quantization applies to --format=litert only")
         kwargs = {"resize": size}
-    print(f"Exporting {path} as {FLAGS.format} to {output}", flush=True)
+    print(f"Exporting as {FLAGS.format} to {output}", flush=True)
     written = rexport.export(model, output, format=FLAGS.format, **kwargs)
     print(f"Wrote {written}", flush=True)
 
@@ -319,91 +222,16 @@ def cmd_export():
 # -- debug-anchors ------------------------------------------------------------------------
 
 
-def anchor_coverage(config, dataset, num_images_to_draw=0, output=None, verbose=1):
-    """How many ground-truth boxes get a positive anchor at the configured thresholds.
-
-    Runs the configured `LabelEncoder` on evaluation-style batches (resized as in training,
-    without augmentation). A box counts as matched when some anchor's IoU with it reaches
-    ``positive_iou``; with ``allow_low_quality_matches`` every box also claims its best anchor,
-    reported separately, since such a box trains on an anchor that covers it poorly.
-
-    Returns:
-        A dict: num_boxes, matched (share with an IoU >= positive_iou anchor),
-        matched_with_low_quality (share with any positive anchor), by_size (COCO small /
-        medium / large by area in the resized image: num_boxes, matched), best_iou
-        percentiles, and the lists of drawn image files.
-    """
-    import keras
-    import numpy as np
-    import tensorflow as tf
-
-    from retinanet import ops, visualization
-
-    anchor_generator = rconfig.build_anchor_generator(config)
-    encoder = rconfig.build_label_encoder(config, anchor_generator)
-    batches = rconfig.eval_pipeline(config, dataset)
-    sizes = {"small": (0, 32 ** 2), "medium": (32 ** 2, 96 ** 2), "large": (96 ** 2, np.inf)}
-    counts = {name: [0, 0] for name in sizes}
-    best_ious, matched_all, low_quality_all, drawn = [], [], [], []
-    progbar = keras.utils.Progbar(len(dataset), verbose=verbose, unit_name="image")
-    done = 0
-    for images, targets in batches:
-        height, width = int(images.shape[1]), int(images.shape[2])
-        anchors = anchor_generator(height, width)
-        matched_index, states = encoder.match(anchors, targets["boxes"], targets["classes"])
-        for index in range(int(images.shape[0])):
-            valid = targets["classes"][index].numpy() >= 0
-            boxes = targets["boxes"][index].numpy()[valid]
-            iou = ops.box_iou(tf.constant(boxes), anchors).numpy() if len(boxes) else \
-                np.zeros((0, 1))
-            best = iou.max(axis=1) if len(boxes) else np.zeros(0)
-            positive = states[index].numpy() == 1
-            claimed = matched_index[index].numpy()[positive]
-            low_quality = np.isin(np.arange(len(boxes)), claimed)
-            matched = best >= encoder.positive_iou
-            areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-            for name, (low, high) in sizes.items():
-                in_range = (areas >= low) & (areas < high)
-                counts[name][0] += int(in_range.sum())
-                counts[name][1] += int((matched & in_range).sum())
-            best_ious.extend(best.tolist())
-            matched_all.extend(matched.tolist())
-            low_quality_all.extend(low_quality.tolist())
-            if output and len(drawn) < num_images_to_draw:
-                best_anchor = anchors.numpy()[iou.argmax(axis=1)] if len(boxes) else None
-                picture = visualization.draw_anchor_matches(
-                    images[index].numpy(), boxes, matched, best_anchor)
-                image_id = targets["image_id"][index].numpy().decode()
-                path = os.path.join(output, f"{len(drawn):03d}_{image_id.replace('/', '_')}.png")
-                visualization.save_image(picture, path)
-                drawn.append(path)
-            done += 1
-        progbar.update(done)
-    total = len(matched_all)
-    share = (lambda values: float(np.mean(values)) if values else float("nan"))
-    percentiles = np.percentile(best_ious, [5, 25, 50]).tolist() if best_ious else []
-    return {
-        "num_images": done,
-        "num_boxes": total,
-        "positive_iou": encoder.positive_iou,
-        "negative_iou": encoder.negative_iou,
-        "matched": share(matched_all),
-        "matched_with_low_quality": share(low_quality_all),
-        "by_size": {name: {"num_boxes": n, "matched": (m / n if n else float("nan"))}
-                    for name, (n, m) in counts.items()},
-        "best_iou_percentiles": dict(zip(("p5", "p25", "p50"), percentiles)),
-        "images": drawn,
-    }
-
-
 def cmd_debug_anchors():
     """Reports the share of ground-truth boxes matched by a positive anchor, and draws them."""
     config = _config(required=False)
     split = FLAGS.split or "train"
     output = FLAGS.output or os.path.join(FLAGS.workdir or "runs", "debug_anchors")
-    dataset = rconfig.load_datasets(config, (split,))[split]
+    dataset = datasets.load_datasets(config, (split,))[split]
     os.makedirs(output, exist_ok=True)
     print(f"Matching anchors to the boxes of {len(dataset)} {split} images", flush=True)
+    from retinanet.apps.debug_anchors import anchor_coverage
+
     report = anchor_coverage(config, dataset, FLAGS.num_images, output, FLAGS.verbose)
     path = os.path.join(output, "report.json")
     atomic.write_json(path, report)

@@ -44,9 +44,10 @@ class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
 def reference_optimizer(total_steps=90_000, batch_size=16, clipnorm=None):
     """The paper's recipe: SGD, momentum 0.9, lr 0.01 per 16 images, weight decay 1e-4.
 
-    Linear warm-up over the first 500 steps (1/3 of the base rate at step 0, as in
-    detectron2's RetinaNet config), and a 10x decay at 2/3 and 8/9 of training (60k and 80k
-    of 90k iterations).
+    Linear warm-up from 1/3 of the base rate over the first ``min(500, total_steps // 10)``
+    steps (mmdetection's RetinaNet schedule warms up 500 iterations from 1/3; the cap keeps
+    short runs from spending most of their steps warming up), and a 10x decay at 2/3 and 8/9
+    of training (60k and 80k of 90k iterations).
     """
     schedule = WarmupStepDecay(
         base_learning_rate=0.01 * batch_size / 16,

@@ -1,0 +1,183 @@
+"""Builders: a config (`retinanet.config`) to the package's own objects.
+
+Each builder calls the real constructor directly; a ValueError or TypeError raised inside is
+re-raised once, at the builder's boundary, as a `ConfigError` naming the config section.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from retinanet.config import ConfigError
+
+
+@contextlib.contextmanager
+def config_section(field: str):
+    """Re-raises ValueError / TypeError from the block as ConfigError(``"{field}: ..."``)."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"{field}: {error}") from None
+
+
+def build_anchor_generator(config):
+    from retinanet.anchors import AnchorGenerator
+
+    anchors = config.model.anchors
+    with config_section("config.model.anchors"):
+        return AnchorGenerator(min_level=3, max_level=anchors.max_level,
+                               anchor_size=anchors.anchor_size, scales=tuple(anchors.scales),
+                               aspect_ratios=tuple(anchors.aspect_ratios))
+
+
+def build_label_encoder(config, anchor_generator=None):
+    from retinanet.matching import LabelEncoder
+
+    matching = config.model.matching
+    anchor_generator = anchor_generator or build_anchor_generator(config)
+    with config_section("config.model.matching"):
+        return LabelEncoder(anchor_generator=anchor_generator,
+                            positive_iou=matching.positive_iou,
+                            negative_iou=matching.negative_iou,
+                            allow_low_quality_matches=matching.allow_low_quality_matches)
+
+
+def build_postprocessor(config, anchor_generator, label_encoder):
+    from retinanet.model.postprocess import DetectionPostprocessor
+
+    post = config.model.postprocess
+    with config_section("config.model.postprocess"):
+        return DetectionPostprocessor(
+            anchor_generator=anchor_generator, box_weights=label_encoder.box_weights,
+            score_threshold=post.score_threshold,
+            pre_nms_topk_per_level=post.pre_nms_topk_per_level,
+            iou_threshold=post.iou_threshold, max_detections=post.max_detections,
+            name="postprocessor")
+
+
+def _backbone(model):
+    """The ``backbone`` argument of `RetinaNet` and the keyword arguments of named backbones."""
+    from retinanet.model.backbone import build_simple_backbone
+
+    weights = model.backbone_weights or None
+    if weights not in (None, "imagenet") and not os.path.isfile(weights):
+        raise ConfigError(f"config.model.backbone_weights: file not found: {weights}")
+    if model.backbone != "simple":
+        return model.backbone, {"backbone_weights": weights,
+                                "frozen_batchnorm": model.frozen_batchnorm,
+                                "frozen_early_stages": model.frozen_early_stages}
+    if weights:
+        raise ConfigError("config.model.backbone_weights: the simple backbone has no "
+                          "pretrained weights; leave it empty")
+    with config_section("config.model (simple_widths, simple_blocks)"):
+        return build_simple_backbone(widths=tuple(model.simple_widths),
+                                     blocks=model.simple_blocks), {}
+
+
+def build_model(config, num_classes: int, num_replicas: int = 1):
+    """A `RetinaNet` with the configured backbone, widths, anchors, matching and decoding.
+
+    Args:
+        config: the ConfigDict.
+        num_classes: K.
+        num_replicas: replicas of the distribution strategy the model is built under; above
+            1, ``model.sync_batchnorm`` synchronises the backbone's batch statistics.
+    """
+    import keras
+
+    from retinanet import _keras_compat
+    from retinanet.model.retinanet import RetinaNet
+
+    model = config.model
+    if model.batchnorm_momentum and not 0.0 < model.batchnorm_momentum < 1.0:
+        raise ConfigError("config.model.batchnorm_momentum: must be in (0, 1), got "
+                          f"{model.batchnorm_momentum}")
+    anchor_generator = build_anchor_generator(config)
+    label_encoder = build_label_encoder(config, anchor_generator)
+    postprocessor = build_postprocessor(config, anchor_generator, label_encoder)
+    backbone, backbone_options = _backbone(model)
+    with config_section("config.model"):
+        retinanet = RetinaNet(
+            num_classes=num_classes, backbone=backbone, **backbone_options,
+            freeze_backbone=model.freeze_backbone,
+            fpn_filters=model.fpn_filters, head_convs=model.head_convs,
+            head_filters=model.head_filters, use_group_norm=model.use_group_norm,
+            anchor_generator=anchor_generator, label_encoder=label_encoder,
+            postprocessor=postprocessor,
+        )
+    for layer in _keras_compat.all_layers(retinanet.backbone):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            # Both are read at call time and saved by get_config().
+            if model.batchnorm_momentum:
+                layer.momentum = float(model.batchnorm_momentum)
+            if num_replicas > 1 and model.sync_batchnorm:
+                layer.synchronized = True
+    return retinanet
+
+
+def build_learning_rate(config, total_steps: int):
+    """A float or a `LearningRateSchedule` over ``total_steps`` optimiser steps."""
+    import keras
+
+    from retinanet.training.schedules import WarmupStepDecay
+
+    train = config.train
+    rate = float(train.learning_rate)
+    warmup = min(int(train.warmup_steps), max(total_steps - 1, 0))
+    if train.schedule == "constant":
+        if warmup:
+            return WarmupStepDecay(rate, [], warmup_steps=warmup,
+                                   warmup_factor=train.warmup_factor)
+        return rate
+    if train.schedule == "step":
+        boundaries = [int(total_steps * share) for share in train.decay_boundaries]
+        with config_section("config.train"):
+            return WarmupStepDecay(base_learning_rate=rate, boundaries=boundaries,
+                                   decay_factor=train.decay_factor, warmup_steps=warmup,
+                                   warmup_factor=train.warmup_factor)
+    # cosine: linear warm-up from warmup_factor * rate, then cosine to cosine_alpha * rate.
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=rate * (train.warmup_factor if warmup else 1.0),
+        decay_steps=max(total_steps - warmup, 1), alpha=train.cosine_alpha,
+        warmup_target=rate if warmup else None, warmup_steps=warmup)
+
+
+def build_optimizer(config, total_steps: int):
+    """The configured Keras optimiser; "reference" is `retinanet.training.reference_optimizer`."""
+    import keras
+
+    from retinanet.training.schedules import reference_optimizer
+
+    train = config.train
+    clipnorm = float(train.clipnorm) or None
+    if train.optimizer == "reference":
+        return reference_optimizer(total_steps, config.data.batch_size, clipnorm)
+    learning_rate = build_learning_rate(config, total_steps)
+    if train.optimizer == "sgd":
+        return keras.optimizers.SGD(learning_rate, momentum=train.momentum,
+                                    weight_decay=train.weight_decay or None, clipnorm=clipnorm)
+    if train.optimizer == "adamw":
+        return keras.optimizers.AdamW(learning_rate, weight_decay=train.weight_decay,
+                                      clipnorm=clipnorm)
+    return keras.optimizers.Adam(learning_rate, weight_decay=train.weight_decay or None,
+                                 clipnorm=clipnorm)
+
+
+def compile_model(model, config, total_steps: int):
+    """`model.compile` with the configured optimiser, losses and XLA setting."""
+    from retinanet.losses import FocalLoss, SmoothL1Loss
+
+    train = config.train
+    with config_section("config.train"):
+        model.compile(
+            optimizer=build_optimizer(config, total_steps),
+            classification_loss=FocalLoss(alpha=train.focal_alpha, gamma=train.focal_gamma),
+            box_loss=SmoothL1Loss(beta=train.smooth_l1_beta),
+            box_loss_weight=train.box_loss_weight,
+            jit_compile=train.jit_compile,
+            steps_per_execution=train.steps_per_execution,
+        )
+    return model
