@@ -130,7 +130,9 @@ def from_csv(csv_file: str, image_dir: str | None = None, *, class_names=None,
         except csv.Error as error:
             hint = (" (a quote that never closes?)" if "unexpected end of data" in str(error)
                     or "expected after" in str(error) else "")
-            raise ValueError(f"{csv_file} line {reader.line_num}: malformed CSV: "
+            # line_num still counts the lines of the last good record, so the bad one
+            # starts on the next line (a quote that never closes runs on to the end).
+            raise ValueError(f"{csv_file} line {reader.line_num + 1}: malformed CSV: "
                              f"{error}{hint}") from None
         except UnicodeDecodeError as error:
             raise ValueError(f"{csv_file}: not UTF-8 text ({error})") from None
