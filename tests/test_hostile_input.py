@@ -516,3 +516,21 @@ def test_failed_atomic_write_keeps_the_old_file(tmp_path):
     assert path.read_text() == "old" and os.listdir(tmp_path) == ["report.json"]
     atomic.write_text(path, "new")
     assert path.read_text() == "new" and (os.stat(path).st_mode & 0o777) == 0o600
+
+
+def test_pixel_limit_survives_a_saved_model_round_trip(tmp_path, bomb_bytes):
+    """As the SavedModel's serving_bytes uses it: map_fn over a batch, saved and reloaded."""
+    def sizes(image_bytes):
+        return tf.map_fn(lambda b: tf.shape(decode_image_within_limit(b))[:2], image_bytes,
+                         fn_output_signature=tf.TensorSpec([2], tf.int32))
+
+    module = tf.Module()
+    module.serve = tf.function(sizes, input_signature=[tf.TensorSpec([None], tf.string)],
+                               autograph=False)
+    tf.saved_model.save(module, str(tmp_path / "model"))
+    serve = tf.saved_model.load(str(tmp_path / "model")).serve
+    samples = dict(encoded_samples())
+    batch = [samples[name] for name in ("jpeg", "png", "gif", "bmp", "webp_lossy")]
+    np.testing.assert_array_equal(serve(tf.constant(batch)), [[37, 53]] * 5)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="max_pixels=100000000"):
+        serve(tf.constant([samples["png"], bomb_bytes]))
