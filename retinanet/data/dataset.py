@@ -11,25 +11,67 @@ Each example is the dict of docs/CONTRACTS.md:
 
 from __future__ import annotations
 
+import collections
+import unicodedata
 from typing import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
 
+from retinanet.data.image_header import encoded_image_size
+
 EXAMPLE_KEYS = ("image", "boxes", "classes", "image_id", "is_crowd", "difficult")
+
+# Far above any real label set (COCO 80, LVIS 1203, Objects365 365), far below what a
+# careless file (a CSV with the file-name and class columns swapped) produces.
+MAX_CLASSES = 100_000
+MAX_CLASS_NAME_LENGTH = 256
+
+
+def class_name_problem(name) -> str | None:
+    """Why `name` cannot be a class name, or None when it can.
+
+    A class name is a non-empty str of at most MAX_CLASS_NAME_LENGTH characters without
+    control characters (NUL, newline, tab, ...: they break reports, CSV and JSON files).
+    """
+    if not isinstance(name, str):
+        return f"must be a str, got {type(name).__name__} {_clip(repr(name))}"
+    if not name:
+        return "must be non-empty"
+    if len(name) > MAX_CLASS_NAME_LENGTH:
+        return (f"has {len(name):,} characters, over {MAX_CLASS_NAME_LENGTH}: "
+                f"{_clip(repr(name))}")
+    control = next((c for c in name if unicodedata.category(c) == "Cc"), None)
+    if control is not None:
+        return f"holds the control character {control!r}: {_clip(repr(name))}"
+    return None
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def validate_class_names(class_names, argument: str = "class_names") -> list:
-    """Returns class_names as a list of unique non-empty str, or raises ValueError."""
+    """Returns class_names as a list of unique valid names (see `class_name_problem`).
+
+    Raises:
+      ValueError naming `argument`: not a list, empty, over MAX_CLASSES names, an invalid
+      name, duplicates.
+    """
     if isinstance(class_names, (str, bytes)) or not isinstance(class_names, Sequence):
         raise ValueError(f"{argument} must be a list of str, got {type(class_names).__name__}")
     names = list(class_names)
     if not names:
         raise ValueError(f"{argument} is empty")
-    for name in names:
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"{argument} must hold non-empty str, got {name!r}")
-    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if len(names) > MAX_CLASSES:
+        raise ValueError(f"{argument} has {len(names):,} names, over the limit of "
+                         f"{MAX_CLASSES:,}")
+    for index, name in enumerate(names):
+        problem = class_name_problem(name)
+        if problem:
+            raise ValueError(f"{argument}[{index}] {problem}")
+    counts = collections.Counter(names)
+    duplicates = sorted(n for n, c in counts.items() if c > 1)
     if duplicates:
         raise ValueError(f"{argument} has duplicates: {duplicates}")
     return names
@@ -49,6 +91,8 @@ class DetectionDataset:
         without decoding any image. For TFDS datasets it is built lazily by one pass over the
         split's annotations (images are not decoded, only their headers parsed).
       skipped: {"images": {problem: n}, "boxes": {problem: n}}, what skip_invalid skipped.
+      clipped: int, boxes the reader clipped to their image because they reached more than
+        `validation.CLIP_TOLERANCE` pixels outside it (kept, not in `skipped`).
       examples: tf.data.Dataset of the per-image dicts above, in records order.
 
     Args:
@@ -59,13 +103,15 @@ class DetectionDataset:
       category_ids: optional list of int, one per class.
       name: str for messages and repr.
       skipped: the reader's skip counts.
+      clipped: the reader's count of clipped boxes.
     """
 
     def __init__(self, class_names, records, *, images=None, category_ids=None,
-                 name: str = "dataset", skipped=None):
+                 name: str = "dataset", skipped=None, clipped: int = 0):
         self.class_names = validate_class_names(class_names)
         self.name = name
         self.skipped = skipped or {"images": {}, "boxes": {}}
+        self.clipped = int(clipped)
         self.category_ids = None if category_ids is None else [int(i) for i in category_ids]
         if self.category_ids is not None and len(self.category_ids) != len(self.class_names):
             raise ValueError(f"category_ids has {len(self.category_ids)} ids for "
@@ -112,6 +158,7 @@ class DetectionDataset:
         self.class_names = validate_class_names(class_names)
         self.name = name
         self.skipped = {"images": {}, "boxes": {}}
+        self.clipped = 0
         self.category_ids = None if category_ids is None else [int(i) for i in category_ids]
         self._records = None
         self._records_fn = records_fn
@@ -199,10 +246,21 @@ class DetectionDataset:
                 return tf.gather(images, element["index"])
         else:
             def load(element):
-                image = tf.io.decode_image(tf.io.read_file(element["path"]), channels=3,
-                                           expand_animations=False)
-                # The boxes were validated against the header size: insist the pixels agree.
+                encoded = tf.io.read_file(element["path"])
+                # The size read at load time passed the pixel limit; a file whose header now
+                # claims another size (replaced since, or a size trusted from the annotation
+                # with check_images="none") must not reach the decoder: it may be a bomb.
                 expected = tf.stack([element["height"], element["width"]])
+                header = encoded_image_size(encoded)
+                header_ok = tf.debugging.Assert(
+                    tf.reduce_all(tf.equal(header, expected)),
+                    [tf.strings.join([element["path"], ": decoded size differs from the "
+                                      "size read at load time (its header, read before "
+                                      "decoding, says height, width):"]), header, expected])
+                with tf.control_dependencies([header_ok]):
+                    encoded = tf.identity(encoded)
+                image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+                # The boxes were validated against the header size: insist the pixels agree.
                 tf.debugging.Assert(
                     tf.reduce_all(tf.equal(tf.shape(image)[:2], expected)),
                     [tf.strings.join([element["path"], ": decoded size differs from the "

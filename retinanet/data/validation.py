@@ -14,6 +14,15 @@ decoder the pipeline uses, so truncated files are caught here with their name. D
 middle of a file that leaves header and end marker intact is only caught with
 ``check_images="decode"`` (a full eager decode of every image, slower); otherwise it surfaces
 as a ``tf.errors.InvalidArgumentError`` from the decode op while iterating.
+
+Decompression bombs: before anything else reads an image, its header size is read without
+decoding (`image_header.read_image_size`) and checked against ``max_image_pixels`` (default
+`image_header.DEFAULT_MAX_IMAGE_PIXELS`, 100 megapixels); an image over it is a problem of
+kind TOO_LARGE_IMAGE and is never decoded, not even by the fallback decode above.
+
+Clipping: a box partly outside its image is clipped to it and kept. One that reaches more
+than `CLIP_TOLERANCE` pixels outside is counted (`Problems.clipped`) and the count goes into
+the reader's one DataWarning and `DetectionDataset.clipped`, skip_invalid or not.
 """
 
 from __future__ import annotations
@@ -27,6 +36,9 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from retinanet.data.image_header import (DEFAULT_MAX_IMAGE_PIXELS, ImageTooLargeError,
+                                         check_image_pixels, read_image_size)
+
 CHECK_IMAGES_CHOICES = ("header", "decode", "none")
 
 # Problem kinds, used both in error messages and in the skip counts.
@@ -37,6 +49,13 @@ UNKNOWN_CLASS = "unknown class"
 EMPTY_BOX = "box with x2 <= x1 or y2 <= y1"
 OUTSIDE_BOX = "box outside the image"
 NON_FINITE_BOX = "box with non-finite coordinates"
+TOO_LARGE_IMAGE = "image over the pixel limit"
+DUPLICATE_IMAGE_ID = "duplicate image id"
+BAD_CLASS_NAME = "invalid class name"
+
+# Boxes reaching at most this many pixels outside the image are clipped without being counted:
+# YOLO's rounded normalised values and VOC's 0-based strays (xmin 0 -> x1 -1) land here.
+CLIP_TOLERANCE = 1.0
 
 
 class DataWarning(UserWarning):
@@ -76,7 +95,9 @@ class RawObject:
     """One object as a reader parsed it, before validation.
 
     box is xyxy in continuous absolute pixel coordinates, already converted from the file's
-    convention (VOC 1-based, COCO xywh, YOLO normalised); `where` locates it for messages.
+    convention (VOC 1-based, COCO xywh, YOLO normalised); `where` locates it for messages;
+    `shown`, where set, quotes the box as the file writes it (e.g. "xmin=20 ymin=1 xmax=10
+    ymax=10"), for messages, instead of the converted xyxy.
     """
 
     label: object
@@ -84,6 +105,7 @@ class RawObject:
     where: str
     is_crowd: bool = False
     difficult: bool = False
+    shown: str | None = None
 
 
 class Problems:
@@ -99,6 +121,7 @@ class Problems:
         self.skip_invalid = bool(skip_invalid)
         self.images: collections.Counter = collections.Counter()
         self.boxes: collections.Counter = collections.Counter()
+        self.clipped = 0  # boxes clipped by more than CLIP_TOLERANCE, kept
 
     def image(self, file: str, kind: str, detail: str = "") -> None:
         """Reports a problem that invalidates a whole image (which is then skipped)."""
@@ -107,6 +130,10 @@ class Problems:
     def box(self, file: str, kind: str, detail: str = "") -> None:
         """Reports a problem with one box (which is then skipped)."""
         self._report(self.boxes, file, kind, detail)
+
+    def clip(self) -> None:
+        """Counts a box that was clipped to its image (kept, never raises)."""
+        self.clipped += 1
 
     def _report(self, counter, file, kind, detail):
         if not self.skip_invalid:
@@ -120,15 +147,21 @@ class Problems:
         return {"images": dict(self.images), "boxes": dict(self.boxes)}
 
     def finish(self, num_images: int, source: str) -> None:
-        """Logs the one skip warning, and raises if no image is left."""
+        """Logs the one warning (skips and clipped boxes), and raises if no image is left."""
         parts = []
         for name, counter in (("images", self.images), ("boxes", self.boxes)):
             if counter:
                 detail = ", ".join(f"{n} {kind}" for kind, n in sorted(counter.items()))
                 parts.append(f"{sum(counter.values())} {name} ({detail})")
+        sentences = []
         if parts:
-            warnings.warn(f"{self.reader}: skipped {' and '.join(parts)} because "
-                          "skip_invalid=True", DataWarning, stacklevel=3)
+            sentences.append(f"skipped {' and '.join(parts)} because skip_invalid=True")
+        if self.clipped:
+            sentences.append(f"clipped {self.clipped} boxes to their image (each reached "
+                             f"more than {CLIP_TOLERANCE:g} pixel outside it)")
+        if sentences:
+            warnings.warn(f"{self.reader}: {'; '.join(sentences)}", DataWarning,
+                          stacklevel=3)
         if num_images == 0:
             skipped = sum(self.images.values())
             reason = f" ({skipped} images skipped as invalid)" if skipped else ""
@@ -149,7 +182,8 @@ def make_record(image_id: str, path: str | None, height: int, width: int,
 
     Per object: an unknown label, non-finite coordinates, x2 <= x1 or y2 <= y1, or a box with
     no overlap with the image (clipped width or height 0) is a problem; a box partly outside
-    is clipped to [0, width] x [0, height].
+    is clipped to [0, width] x [0, height], and counted in `problems.clipped` when it reached
+    more than CLIP_TOLERANCE pixels outside.
 
     Args:
       class_index: maps each raw label to its 0-based class id.
@@ -163,19 +197,21 @@ def make_record(image_id: str, path: str | None, height: int, width: int,
                          f"{_short_list(list(class_index))}")
             continue
         x1, y1, x2, y2 = (float(v) for v in obj.box)
-        coords = f"({x1:g}, {y1:g}, {x2:g}, {y2:g})"
+        coords = obj.shown or f"xyxy ({x1:g}, {y1:g}, {x2:g}, {y2:g})"
         if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
             problems.box(file, NON_FINITE_BOX, f"{obj.where}: {coords}")
             continue
         if x2 <= x1 or y2 <= y1:
-            problems.box(file, EMPTY_BOX, f"{obj.where}: xyxy {coords}")
+            problems.box(file, EMPTY_BOX, f"{obj.where}: {coords}")
             continue
         cx1, cy1 = min(max(x1, 0.0), width), min(max(y1, 0.0), height)
         cx2, cy2 = min(max(x2, 0.0), width), min(max(y2, 0.0), height)
         if cx2 <= cx1 or cy2 <= cy1:
-            problems.box(file, OUTSIDE_BOX, f"{obj.where}: xyxy {coords} does not overlap "
+            problems.box(file, OUTSIDE_BOX, f"{obj.where}: {coords} does not overlap "
                          f"the {width}x{height} image")
             continue
+        if max(-x1, -y1, x2 - width, y2 - height) > CLIP_TOLERANCE:
+            problems.clip()
         boxes.append((cx1, cy1, cx2, cy2))
         classes.append(class_id)
         crowd.append(bool(obj.is_crowd))
@@ -230,8 +266,14 @@ def _ends_complete(image_format: str, tail: bytes) -> bool:
     return False  # BMP and WebP are rare: always fully decoded.
 
 
-def _header_size(path: str):
-    """(height, width) from the header with PIL, or None where PIL is absent or fails."""
+def _header_size(path: str, claimed):
+    """(height, width) from the header with PIL, or None where PIL is absent or fails.
+
+    PIL parses more of the header than `read_image_size` (all JPEG markers up to the scan,
+    PNG chunk CRCs), so a failure here sends the file to a full decode. `claimed` is the
+    size `read_image_size` found, already within the pixel limit: where PIL refuses the
+    image as a bomb (a limit raised above PIL's own), that size stands.
+    """
     try:
         from PIL import Image
     except ImportError:  # pragma: no cover - pillow comes with matplotlib
@@ -242,6 +284,8 @@ def _header_size(path: str):
             with Image.open(path) as image:
                 width, height = image.size
         return int(height), int(width)
+    except Image.DecompressionBombError:
+        return claimed
     except Exception:  # noqa: BLE001 - any PIL failure falls back to TensorFlow
         return None
 
@@ -255,20 +299,24 @@ def _tf_decode_size(path: str):
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:
         message = str(error).split("\n")[0]
         message = message.split("}}")[-1].strip() or "decode failed"
-        raise ImageProblem(CORRUPT_IMAGE, f"cannot be decoded ({message})") from None
+        raise ImageProblem(CORRUPT_IMAGE, f"cannot be decoded: {path} ({message})") from None
     return int(image.shape[0]), int(image.shape[1])
 
 
-def probe_image(path: str, check_images: str = "header"):
+def probe_image(path: str, check_images: str = "header",
+                max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
     """Checks an image file cheaply and returns its (height, width).
+
+    The header size is checked against `max_image_pixels` before anything decodes the image.
 
     Args:
       path: the image file.
       check_images: "header" (signature, header and end marker; a full decode only where the
         end marker is missing), "decode" (always decode fully), or "none" (only that the file
         exists; returns None).
+      max_image_pixels: int or None (no cap), the most pixels (height * width) allowed.
     Raises:
-      ImageProblem with kind MISSING_IMAGE or CORRUPT_IMAGE.
+      ImageProblem with kind MISSING_IMAGE, CORRUPT_IMAGE or TOO_LARGE_IMAGE.
     """
     if not os.path.isfile(path):
         raise ImageProblem(MISSING_IMAGE, f"file not found: {path}")
@@ -284,7 +332,16 @@ def probe_image(path: str, check_images: str = "header"):
     image_format = _sniff(head)
     if image_format is None:
         raise ImageProblem(CORRUPT_IMAGE, f"{path} is not a JPEG, PNG, GIF, BMP or WebP file")
-    header = _header_size(path)
+    try:
+        claimed = read_image_size(path)
+        check_image_pixels(*claimed, max_image_pixels, path)
+        header = _header_size(path, claimed)
+        if header is not None:
+            check_image_pixels(*header, max_image_pixels, path)
+    except ImageTooLargeError as error:
+        raise ImageProblem(TOO_LARGE_IMAGE, str(error)) from None
+    except ValueError as error:  # no readable header: nothing to decode safely
+        raise ImageProblem(CORRUPT_IMAGE, str(error)) from None
     if check_images == "decode" or header is None or not _ends_complete(image_format, tail):
         decoded = _tf_decode_size(path)
         if header is not None and header != decoded:
@@ -295,20 +352,29 @@ def probe_image(path: str, check_images: str = "header"):
 
 
 def check_image(path: str, file: str, check_images: str, problems: Problems,
-                annotated_size=None):
+                annotated_size=None, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
     """probe_image, reporting failures to `problems`; returns (height, width) or None.
 
     With check_images="none" the size comes from the annotation (`annotated_size`, as
-    (height, width)); where the annotation lacks it the header is read anyway.
+    (height, width)) and is held to `max_image_pixels`; where the annotation lacks it the
+    header is read anyway. (The pipeline then checks the header against that size before
+    decoding, see `DetectionDataset.decode`.)
     """
     try:
         if check_images == "none" and not _valid_size(annotated_size):
-            return probe_image(path, "header")
-        size = probe_image(path, check_images)
+            return probe_image(path, "header", max_image_pixels)
+        size = probe_image(path, check_images, max_image_pixels)
+        if size is None:
+            size = tuple(int(v) for v in annotated_size)
+            try:
+                check_image_pixels(*size, max_image_pixels, f"{path} (size from the "
+                                   "annotation)")
+            except ImageTooLargeError as error:
+                raise ImageProblem(TOO_LARGE_IMAGE, str(error)) from None
     except ImageProblem as problem:
         problems.image(file, problem.kind, problem.detail)
         return None
-    return size if size is not None else tuple(int(v) for v in annotated_size)
+    return size
 
 
 def _valid_size(size) -> bool:

@@ -12,9 +12,11 @@ from __future__ import annotations
 import os
 import xml.etree.ElementTree as ElementTree
 
-from retinanet.data.dataset import DetectionDataset, validate_class_names
-from retinanet.data.validation import (UNPARSABLE, Problems, RawObject, check_image,
-                                       make_record, validate_check_images)
+from retinanet.data.dataset import (DetectionDataset, class_name_problem,
+                                    validate_class_names)
+from retinanet.data.image_header import DEFAULT_MAX_IMAGE_PIXELS, validate_max_image_pixels
+from retinanet.data.validation import (BAD_CLASS_NAME, UNPARSABLE, Problems, RawObject,
+                                       check_image, make_record, validate_check_images)
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -66,7 +68,8 @@ def _parse(xml_file: str):
 
 
 def from_voc(root: str, split: str | None = None, *, class_names=None,
-             skip_invalid: bool = False, check_images: str = "header") -> DetectionDataset:
+             skip_invalid: bool = False, check_images: str = "header",
+             max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS) -> DetectionDataset:
     """Reads Pascal VOC XML annotations.
 
     Args:
@@ -78,15 +81,19 @@ def from_voc(root: str, split: str | None = None, *, class_names=None,
         names found. Pass it explicitly to keep ids the same across splits.
       skip_invalid: skip and count invalid images and boxes instead of raising ValueError.
       check_images: "header", "decode" or "none" (trust the XML <size>), see validation.py.
+      max_image_pixels: int or None; images whose header (or, with check_images="none",
+        the XML <size>) claims more pixels are refused before any decode.
 
     Returns:
       DetectionDataset; boxes are continuous xyxy (x1 = xmin - 1, y1 = ymin - 1, x2 = xmax,
       y2 = ymax), `difficult` from <difficult>, image_id the XML file name without ".xml".
     Raises:
-      ValueError naming the file: a missing or corrupt image, an XML naming a missing image,
-      an unknown class, x2 <= x1 or y2 <= y1, a box outside the image, an empty dataset.
+      ValueError naming the file: a missing, corrupt or too large image, an XML naming a
+      missing image, an invalid class name, an unknown class, x2 <= x1 or y2 <= y1, a box
+      outside the image, an empty dataset. Boxes in messages quote the XML's own values.
     """
     check_images = validate_check_images(check_images)
+    max_image_pixels = validate_max_image_pixels(max_image_pixels)
     root = os.fspath(root)
     annotation_dir, image_dir = _layout(root)
     problems = Problems(f"from_voc({root!r})", skip_invalid)
@@ -102,11 +109,15 @@ def from_voc(root: str, split: str | None = None, *, class_names=None,
         except ElementTree.ParseError as error:
             problems.image(xml_file, UNPARSABLE, f"invalid XML ({error})")
             continue
+        except RecursionError:
+            problems.image(xml_file, UNPARSABLE, "XML nested too deeply to read")
+            continue
         parsed.append((xml_file, image_id, filename or f"{image_id}.jpg", objects,
                        annotated_size))
 
     if class_names is None:
-        found = sorted({name for _, _, _, objects, _ in parsed for name, _, _ in objects})
+        found = sorted({name for _, _, _, objects, _ in parsed for name, _, _ in objects
+                        if not class_name_problem(name)})
         class_names = list(VOC_CLASSES) if found and set(found) <= set(VOC_CLASSES) and \
             os.path.isdir(os.path.join(root, "JPEGImages")) else found
     class_names = validate_class_names(class_names) if class_names else class_names
@@ -115,21 +126,30 @@ def from_voc(root: str, split: str | None = None, *, class_names=None,
     records = []
     for xml_file, image_id, filename, objects, annotated_size in parsed:
         path = os.path.join(image_dir, filename)
-        size = check_image(path, xml_file, check_images, problems, annotated_size)
+        size = check_image(path, xml_file, check_images, problems, annotated_size,
+                           max_image_pixels)
         if size is None:
             continue
         raw = []
         for index, (name, coords, difficult) in enumerate(objects):
+            problem = class_name_problem(name)
+            if problem:
+                problems.box(xml_file, BAD_CLASS_NAME,
+                             f"object {index}: the <name> {problem}")
+                continue
             where = f"object {index} ({name!r})"
             try:
                 box = voc_box_to_xyxy(*(float(c) for c in coords))
             except (TypeError, ValueError):
                 problems.box(xml_file, UNPARSABLE, f"{where}: bndbox {coords} is not 4 numbers")
                 continue
-            raw.append(RawObject(name, box, where, difficult=difficult))
+            shown = "bndbox " + " ".join(
+                f"{k}={c.strip()}" for k, c in zip(("xmin", "ymin", "xmax", "ymax"), coords))
+            raw.append(RawObject(name, box, where, difficult=difficult, shown=shown))
         records.append(make_record(image_id, path, size[0], size[1], raw, class_index,
                                    xml_file, problems))
     problems.finish(len(records), root)
     if not class_names:
         raise ValueError(f"{root}: no objects found, so no class names; pass class_names")
-    return DetectionDataset(class_names, records, name=f"voc:{root}", skipped=problems.counts)
+    return DetectionDataset(class_names, records, name=f"voc:{root}", skipped=problems.counts,
+                            clipped=problems.clipped)

@@ -7,6 +7,10 @@ height. We read each image's size from its header and convert:
     x2 = (cx + w / 2) * width,  y2 = (cy + h / 2) * height,
 in float64 and without rounding (YOLO files carry ~6 decimals, so boxes land within ~1e-3 px
 of the pixel grid), then clip to the image. An image without a label file has no boxes.
+
+data.yaml is read with a SafeLoader that refuses YAML whose aliases expand past
+`MAX_YAML_EXPANSION` (scalar characters plus nodes, counted over the expanded tree): nine
+levels of nine aliases in 318 bytes expand to a 2-billion-character "class name".
 """
 
 from __future__ import annotations
@@ -16,9 +20,13 @@ import os
 import re
 
 from retinanet.data.dataset import DetectionDataset, validate_class_names
+from retinanet.data.image_header import DEFAULT_MAX_IMAGE_PIXELS, validate_max_image_pixels
 from retinanet.data.validation import (MISSING_IMAGE, UNPARSABLE, Problems, RawObject,
                                        check_image, list_images, make_record,
                                        validate_check_images)
+
+# A real data.yaml (paths, nc, a few thousand names at most) expands to well under 1 MB.
+MAX_YAML_EXPANSION = 1_000_000
 
 
 def yolo_box_to_xyxy(cx: float, cy: float, w: float, h: float, width: int, height: int):
@@ -72,16 +80,68 @@ def parse_yaml_names(text: str):
     return None
 
 
+def _expanded_size(node, sizes: dict, limit: int) -> int:
+    """Nodes plus scalar characters of `node` with every alias expanded, capped at limit + 1.
+
+    Shared nodes (aliases) are measured once and counted at each use, so a bomb is measured
+    without being expanded; a node still being measured when reached again (a recursive
+    alias) counts as over the limit.
+    """
+    import yaml
+
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    sizes[key] = limit + 1  # in progress: a cycle through here is over the limit
+    if isinstance(node, yaml.ScalarNode):
+        size = 1 + len(node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(child, sizes, limit) for child in node.value)
+    else:  # MappingNode
+        size = 1 + sum(_expanded_size(k, sizes, limit) + _expanded_size(v, sizes, limit)
+                       for k, v in node.value)
+    sizes[key] = min(size, limit + 1)
+    return sizes[key]
+
+
+def _bounded_yaml_loader(limit: int = MAX_YAML_EXPANSION):
+    """A yaml.SafeLoader class that refuses documents expanding past `limit`."""
+    import yaml
+
+    class BoundedSafeLoader(yaml.SafeLoader):
+        def compose_document(self):
+            node = super().compose_document()
+            if node is not None and _expanded_size(node, {}, limit) > limit:
+                raise ValueError(f"its aliases expand to over {limit:,} characters and "
+                                 "nodes (a YAML alias bomb?)")
+            return node
+
+    return BoundedSafeLoader
+
+
 def _yaml_names(text: str):
     try:
         import yaml
     except ImportError:
         return parse_yaml_names(text)
-    data = yaml.safe_load(text)
+    del yaml  # present: parse with the bounded SafeLoader (what yaml.load does, inlined)
+    loader = _bounded_yaml_loader()(text)
+    try:
+        data = loader.get_single_data()
+    finally:
+        loader.dispose()
     names = data.get("names") if isinstance(data, dict) else None
     if isinstance(names, dict):
         names = [names[k] for k in sorted(names)]
     return names
+
+
+def _name_as_str(name, index: int, source: str) -> str:
+    """A data.yaml class name as str: scalars (ints, floats) convert, containers do not."""
+    if isinstance(name, (list, dict, set, tuple)) or name is None:
+        raise ValueError(f"{source}: class name {index} is a {type(name).__name__}, "
+                         "not a name")
+    return str(name)
 
 
 def _read_class_names(root: str):
@@ -97,15 +157,21 @@ def _read_class_names(root: str):
             text = file.read()
         try:
             names = _yaml_names(text)
+        except RecursionError:
+            raise ValueError(f"{path}: cannot read 'names' (nested too deeply)") from None
         except Exception as error:  # noqa: BLE001 - any parse failure names the file
             raise ValueError(f"{path}: cannot read 'names' ({error})") from None
         if names:
-            return [str(n) for n in names], path
+            if not isinstance(names, list):
+                raise ValueError(f"{path}: 'names' must be a list or an {{id: name}} "
+                                 f"mapping, got {type(names).__name__}")
+            return [_name_as_str(n, i, path) for i, n in enumerate(names)], path
     return None, None
 
 
 def from_yolo(root: str, class_names=None, *, split: str | None = None,
-              skip_invalid: bool = False, check_images: str = "header") -> DetectionDataset:
+              skip_invalid: bool = False, check_images: str = "header",
+              max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS) -> DetectionDataset:
     """Reads a YOLO txt dataset.
 
     Args:
@@ -116,14 +182,18 @@ def from_yolo(root: str, class_names=None, *, split: str | None = None,
       skip_invalid: skip and count invalid images and boxes instead of raising ValueError.
       check_images: "header" or "decode" (see validation.py); the size always comes from
         the image itself.
+      max_image_pixels: int or None; images whose header claims more pixels are refused
+        before any decode (decompression bombs).
 
     Returns:
       DetectionDataset, image_id the image path under images/ without extension.
     Raises:
-      ValueError naming the file: a label file without its image, a missing or corrupt image,
-      a malformed line, an unknown class id, w or h <= 0, a box outside the image, an empty
-      dataset, no class names.
+      ValueError naming the file: a label file without its image, a missing, corrupt or too
+      large image, a malformed line, an unknown class id, w or h <= 0, a box outside the
+      image, an empty dataset, no class names or invalid ones (a data.yaml alias bomb,
+      control characters, over 256 characters).
     """
+    max_image_pixels = validate_max_image_pixels(max_image_pixels)
     if validate_check_images(check_images) == "none":
         raise ValueError("check_images='none' does not apply to from_yolo: normalised boxes "
                          "need each image's size from its header; use 'header' or 'decode'")
@@ -159,7 +229,8 @@ def from_yolo(root: str, class_names=None, *, split: str | None = None,
         stem = os.path.splitext(relative)[0]
         path = os.path.join(image_dir, relative)
         label_file = os.path.join(label_dir, stem + ".txt")
-        size = check_image(path, path, check_images, problems)
+        size = check_image(path, path, check_images, problems,
+                           max_image_pixels=max_image_pixels)
         if size is None:
             continue
         height, width = size
@@ -184,9 +255,10 @@ def from_yolo(root: str, class_names=None, *, split: str | None = None,
                                  f"{where}: expected 'class cx cy w h', got {line.strip()!r}")
                     continue
                 objects.append(RawObject(int(label), yolo_box_to_xyxy(cx, cy, w, h, width,
-                                                                      height), where))
+                                                                      height), where,
+                                         shown=f"cx cy w h = {' '.join(fields[1:])}"))
         records.append(make_record(stem, path, height, width, objects, class_index,
                                    label_file, problems))
     problems.finish(len(records), image_dir)
     return DetectionDataset(class_names, records, name=f"yolo:{root}",
-                            skipped=problems.counts)
+                            skipped=problems.counts, clipped=problems.clipped)
