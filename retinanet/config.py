@@ -109,6 +109,9 @@ def default_config() -> ml_collections.ConfigDict:
         class_names="",  # comma-separated; "" = from the data
         skip_invalid=False,  # skip and count bad images/boxes instead of stopping
         check_images="header",
+        # Images whose header claims more pixels are refused before decoding (a 64 KB PNG can
+        # claim 23000 x 23000); retinanet.data.image_header.DEFAULT_MAX_IMAGE_PIXELS.
+        max_image_pixels=100_000_000,
         tfds_data_dir="",
         tfds_download=False,
         image_size=640,  # S: fixed S x S canvas; 0: use min_side / max_side

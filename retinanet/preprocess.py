@@ -92,7 +92,7 @@ def resize_and_pad(images, image_size, size_multiple=DEFAULT_SIZE_MULTIPLE):
     """Resizes and pads a batch of images that share one size, as evaluation batches are.
 
     Args:
-        images: float ``[B, H, W, 3]``.
+        images: uint8 or float ``[B, H, W, 3]`` (uint8 is resized without a float copy).
         image_size: the resize rule (see `check_image_size`).
         size_multiple: canvas multiple.
 
@@ -103,7 +103,7 @@ def resize_and_pad(images, image_size, size_multiple=DEFAULT_SIZE_MULTIPLE):
     shape = tf.shape(images)
     scale, canvas = resize_scale_and_canvas(shape[1], shape[2], image_size, size_multiple)
     size = resized_size(shape[1:3], scale)
-    resized = tf.image.resize(tf.cast(images, tf.float32), size, method="bilinear")
+    resized = tf.image.resize(images, size, method="bilinear")
     padded = tf.pad(resized, [[0, 0], [0, canvas[0] - size[0]], [0, canvas[1] - size[1]],
                               [0, 0]])
     return padded, scale

@@ -153,7 +153,7 @@ def test_voc_folder_with_held_out_validation(raccoon_dir):
     config.data.train = str(raccoon_dir)
     config.data.val_fraction = 0.1
     splits = datasets.load_datasets(config)
-    train, val = datasets["train"], datasets["val"]
+    train, val = splits["train"], splits["val"]
     assert len(val) == 20 and len(train) + len(val) == 200
     assert not {r.image_id for r in train.records} & {r.image_id for r in val.records}
     assert train.class_names == val.class_names == ["raccoon"]
@@ -166,4 +166,4 @@ def test_csv_train_and_val_share_class_ids(raccoon_dir):
     config.data.val = str(raccoon_dir / "test_labels.csv")
     config.data.train_images = config.data.val_images = str(raccoon_dir / "images")
     splits = datasets.load_datasets(config)
-    assert datasets["train"].class_names == datasets["val"].class_names
+    assert splits["train"].class_names == splits["val"].class_names

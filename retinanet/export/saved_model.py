@@ -4,15 +4,18 @@ import os
 
 import tensorflow as tf
 
+from retinanet.data.image_header import (DEFAULT_MAX_IMAGE_PIXELS, decode_image_within_limit,
+                                         validate_max_image_pixels)
 from retinanet.export import serving
 from retinanet.preprocess import check_image_size
 
 
-def _serving_functions(model, resize, bytes_signature):
+def _serving_functions(model, resize, bytes_signature, max_image_pixels):
     """{signature name: traced tf.function} for the SavedModel."""
-    # shape=None: see `_checked_images` for why the rank is left open.
+    # shape=None: see `serving.checked_images` for why the rank is left open.
     serve_images = serving.traced(
-        lambda images: serving.detections(model, serving.checked_images(images), resize),
+        lambda images: serving.detections(
+            model, serving.checked_images(images, max_image_pixels), resize),
         tf.TensorSpec(None, tf.uint8, name="images"),
     )
     functions = {serving.SERVING_SIGNATURE: serve_images}
@@ -22,19 +25,21 @@ def _serving_functions(model, resize, bytes_signature):
     def one_image(encoded):
         # The images of a request may differ in size, so each runs on its own, through the
         # trace above.
-        image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+        # The header's size is checked before decoding: a small file can claim a huge image.
+        image = decode_image_within_limit(encoded, max_image_pixels)
         return {key: value[0] for key, value in serve_images(image[None]).items()}
 
     functions[serving.BYTES_SIGNATURE] = serving.traced(
         lambda image_bytes: tf.map_fn(
-            one_image, serving.checked_bytes(image_bytes), fn_output_signature=serving.output_specs(model)
-        ),
+            one_image, serving.checked_bytes(image_bytes),
+            fn_output_signature=serving.output_specs(model)),
         tf.TensorSpec(None, tf.string, name="image_bytes"),
     )
     return functions
 
 
-def export_saved_model(model, directory, resize=None, bytes_signature=True):
+def export_saved_model(model, directory, resize=None, bytes_signature=True,
+                       max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
     """Writes a SavedModel for TF Serving and `tf.saved_model.load`.
 
     Signatures (see the module docstring for the outputs):
@@ -45,24 +50,31 @@ def export_saved_model(model, directory, resize=None, bytes_signature=True):
 
     Bad input fails inside the graph with an InvalidArgumentError whose message names
     ``images`` (or ``image_bytes``) and the shape it got: wrong rank, not 3 channels, an empty
-    batch or a zero-size image. A wrong dtype is rejected before the graph runs (TF Serving:
-    "Expects arg[0] to be uint8 but float is provided").
+    batch, a zero-size image, or an image of more than ``max_image_pixels`` pixels (for
+    ``serving_bytes`` read from the header, before decoding). A wrong dtype is rejected before
+    the graph runs (TF Serving: "Expects arg[0] to be uint8 but float is provided"). With
+    ``resize`` the uint8 images are resized before any float copy is made; without it the
+    model works on a float32 copy of the whole batch (12 bytes a pixel).
 
     Args:
         model: a `retinanet.RetinaNet`.
         directory: where to write the SavedModel (created; existing files are overwritten).
         resize: None (images go in as they are), an int S (longer side to S) or
-            ``(min_side, max_side)``, as `retinanet.data.pipeline`'s ``image_size``. Boxes
+            ``(min_side, max_side)``, the resize rule of `retinanet.preprocess`. Boxes
             are always in the input image's pixels.
         bytes_signature: also write the ``serving_bytes`` signature.
+        max_image_pixels: the largest height x width either signature accepts (default
+            100 megapixels); None for no limit.
 
     Returns:
         ``directory`` as a string.
 
     Raises:
-        ValueError: a bad ``model`` or ``resize``.
+        ValueError: a bad ``model``, ``resize`` or ``max_image_pixels``.
     """
     serving.check_model(model)
     resize = check_image_size(resize, "resize")
-    serving.write_saved_model(model, directory, _serving_functions(model, resize, bytes_signature))
+    max_image_pixels = validate_max_image_pixels(max_image_pixels)
+    serving.write_saved_model(model, directory, _serving_functions(
+        model, resize, bytes_signature, max_image_pixels))
     return os.fspath(directory)

@@ -41,8 +41,9 @@ def _assert(condition, message, shape):
     return tf.debugging.Assert(condition, [message, shape], summarize=8)
 
 
-def checked_images(images):
-    """Checks at run time that `images` is [B >= 1, H >= 1, W >= 1, 3]; returns it rank 4.
+def checked_images(images, max_pixels=None):
+    """Checks at run time that `images` is [B >= 1, H >= 1, W >= 1, 3] with H * W at most
+    ``max_pixels`` (None: no limit); returns it with rank 4.
 
     The serving signature leaves the rank unknown on purpose: TF Serving checks a request's
     dtype against the signature but not its shape, and a static shape would let TF fold these
@@ -66,7 +67,15 @@ def checked_images(images):
             "got shape",
             shape,
         )
-    with tf.control_dependencies([size_ok]):
+    checks = [size_ok]
+    if max_pixels is not None:
+        with tf.control_dependencies([size_ok]):
+            pixels = tf.cast(shape[1], tf.int64) * tf.cast(shape[2], tf.int64)
+            checks.append(_assert(
+                pixels <= max_pixels,
+                f"`images` must have at most {max_pixels} pixels (height x width); got shape",
+                shape))
+    with tf.control_dependencies(checks):
         images = tf.identity(images)
     return tf.ensure_shape(images, [None, None, None, 3])
 
@@ -89,7 +98,7 @@ def detections(model, images, resize):
 
     Returns the dict of `OUTPUT_KEYS` with fixed dtypes (float32, float32, int32, int32).
     """
-    images = tf.cast(images, tf.float32)
+    # No float cast here: the model casts what it gets, and a resize reads the uint8 pixels.
     if resize is None:
         detections = model.detect(images)
         boxes = detections["boxes"]

@@ -36,7 +36,7 @@ def _read(config, split: str, names=None):
         tfds_split = inline_split or split_name or ("train" if split == "train" else "validation")
         return rdata.from_tfds(name, tfds_split, d.tfds_data_dir or None,
                                download=d.tfds_download, **common)
-    common["check_images"] = d.check_images
+    common.update(check_images=d.check_images, max_image_pixels=d.max_image_pixels)
     if fmt == "coco":
         path = _require_path(config, split, "file")
         image_dir = _require_path(config, f"{split}_images", "dir") \
@@ -78,7 +78,7 @@ def _hold_out(config, train):
     def subset(indices, name):
         return DetectionDataset(train.class_names, [train.records[i] for i in sorted(indices)],
                                 category_ids=train.category_ids, name=name,
-                                skipped=train.skipped)
+                                skipped=train.skipped, clipped=train.clipped)
 
     return (subset(order[num_val:], f"{train.name}[train]"),
             subset(order[:num_val], f"{train.name}[val {fraction:g}]"))
