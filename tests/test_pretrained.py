@@ -343,3 +343,26 @@ def test_finetune_new_classes_and_keras_round_trip(keras_hub_presets, converted,
     )
     subprocess.run([sys.executable, "-c", script], check=True, cwd=str(
         __import__("pathlib").Path(__file__).resolve().parents[1]))
+
+
+def test_torchvision_resnet50_backbone_layout():
+    from retinanet.model.backbone import BACKBONES, build_backbone
+
+    assert "torchvision_resnet50" in BACKBONES
+    backbone = build_backbone("torchvision_resnet50")
+    features = backbone.get_layer("torchvision_resnet50_features")
+    c3, c4, c5 = backbone(np.zeros((1, 64, 96, 3), "float32"))
+    assert (c3.shape, c4.shape, c5.shape) == ((1, 8, 12, 512), (1, 4, 6, 1024), (1, 2, 3, 2048))
+    # v1.5: the stride sits on the 3x3 conv of the first block of a stage, not the 1x1.
+    assert features.get_layer("stack1_block0_1_conv").strides == (1, 1)
+    assert features.get_layer("stack1_block0_2_conv").strides == (2, 2)
+    convs = [layer for layer in features.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert len(convs) == 53 and not any(conv.use_bias for conv in convs)
+    norms = [layer for layer in features.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert all(norm.epsilon == 1e-5 and not norm.trainable for norm in norms)
+    # Stem and res2 frozen (torchvision's trainable_backbone_layers=3), res3 on trainable.
+    assert not features.get_layer("conv1_conv").trainable
+    assert not features.get_layer("stack0_block2_3_conv").trainable
+    assert features.get_layer("stack1_block0_1_conv").trainable
+    with pytest.raises(ValueError, match="imagenet"):
+        build_backbone("torchvision_resnet50", weights="imagenet")
