@@ -358,7 +358,9 @@ def test_torchvision_resnet50_backbone_layout():
     assert features.get_layer("stack1_block0_2_conv").strides == (2, 2)
     convs = [layer for layer in features.layers if isinstance(layer, keras.layers.Conv2D)]
     assert len(convs) == 53 and not any(conv.use_bias for conv in convs)
-    norms = [layer for layer in features.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    norms = [
+        layer for layer in features.layers if isinstance(layer, keras.layers.BatchNormalization)
+    ]
     assert all(norm.epsilon == 1e-5 and not norm.trainable for norm in norms)
     # Stem and res2 frozen (torchvision's trainable_backbone_layers=3), res3 on trainable.
     assert not features.get_layer("conv1_conv").trainable

@@ -274,7 +274,9 @@ def from_keras_hub(detector, num_classes=None):
         try:
             target = features.get_layer(layer.name)
         except ValueError as error:
-            raise ValueError(f"Cannot convert backbone layer {layer.name!r}: not in ours.") from error
+            raise ValueError(
+                f"Cannot convert backbone layer {layer.name!r}: not in ours."
+            ) from error
         _copy_layer(layer, target, f"backbone layer {layer.name!r}")
     pyramid = detector.backbone.feature_pyramid
     for index, level in enumerate(("P3", "P4", "P5")):
