@@ -21,7 +21,10 @@ setup(
     ],
     extras_require={
         "export": ["tf2onnx>=1.17", "onnx>=1.17", "ai-edge-litert>=2.3"],
+        # `RetinaNet.from_preset`: torchvision's COCO RetinaNets through keras-hub presets.
+        "pretrained": ["keras-hub>=0.32,<0.33"],
         "test": [
+            "keras-hub>=0.32,<0.33",
             "tf2onnx>=1.17",
             "onnx>=1.17",
             "onnxruntime>=1.20",

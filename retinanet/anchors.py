@@ -3,7 +3,12 @@
 import math
 
 import keras
+import numpy as np
 import tensorflow as tf
+
+# "centered": anchors centred on feature cells, exact sizes (this package's default).
+# "torchvision": torchvision's `AnchorGenerator` (and keras-hub's, which copies it).
+ANCHOR_CONVENTIONS = ("centered", "torchvision")
 
 
 @keras.saving.register_keras_serializable(package="retinanet")
@@ -23,11 +28,19 @@ class AnchorGenerator:
     (scale 1, ratio 0.5) is centred at (4, 4) with width 32 * sqrt(2) and height
     32 / sqrt(2), i.e. ``[-18.63, -7.31, 26.63, 15.31]``.
 
+    With ``convention="torchvision"`` the anchors are torchvision's (and keras-hub's, which
+    ports them): centres at ``(x * stride, y * stride)``, sizes truncated to whole pixels
+    (``int(s * k)``: 32, 40, 50 on level 3) and each half width and half height rounded
+    half-to-even to a whole pixel, as `torchvision.models.detection.anchor_utils.
+    AnchorGenerator.generate_anchors` does in float32. Its anchor order (ratio major, scale
+    minor) is the same as ours. The torchvision RetinaNets of `RetinaNet.from_preset` need it.
+
     Args:
         min_level, max_level: the pyramid levels, inclusive.
         anchor_size: base anchor size in units of the level's stride.
         scales: multipliers of the base size at every location.
         aspect_ratios: height / width ratios at every location.
+        convention: one of `ANCHOR_CONVENTIONS`: ``"centered"`` (default) or ``"torchvision"``.
     """
 
     def __init__(
@@ -37,6 +50,7 @@ class AnchorGenerator:
         anchor_size=4.0,
         scales=(2**0, 2 ** (1 / 3), 2 ** (2 / 3)),
         aspect_ratios=(0.5, 1.0, 2.0),
+        convention="centered",
     ):
         if not 1 <= min_level <= max_level:
             raise ValueError(
@@ -49,6 +63,11 @@ class AnchorGenerator:
             raise ValueError(f"`scales` must be positive numbers, got {scales}.")
         if not aspect_ratios or any(r <= 0 for r in aspect_ratios):
             raise ValueError(f"`aspect_ratios` must be positive numbers, got {aspect_ratios}.")
+        if convention not in ANCHOR_CONVENTIONS:
+            raise ValueError(
+                f"`convention` must be one of {ANCHOR_CONVENTIONS}, got {convention!r}."
+            )
+        self.convention = convention
         self.min_level = int(min_level)
         self.max_level = int(max_level)
         self.anchor_size = float(anchor_size)
@@ -71,6 +90,16 @@ class AnchorGenerator:
     def _anchor_shapes(self, level):
         """[num_anchors_per_location, 2] (width, height), ordered ratio-major."""
         base = self.anchor_size * 2**level
+        if self.convention == "torchvision":
+            # torchvision: sizes int(x * 2**(k/3)); h_ratios = sqrt(r), w_ratios = 1 / h_ratios;
+            # ws = (w_ratios[:, None] * sizes[None, :]).view(-1), all in float32; then
+            # round(ws / 2). np.round, like torch.round, rounds halves to even.
+            sizes = np.array([int(base * scale) for scale in self.scales], np.float32)
+            h_ratios = np.sqrt(np.array(self.aspect_ratios, np.float32))
+            w_ratios = np.float32(1) / h_ratios
+            half_w = np.round((w_ratios[:, None] * sizes[None, :]).reshape(-1) / 2)
+            half_h = np.round((h_ratios[:, None] * sizes[None, :]).reshape(-1) / 2)
+            return tf.constant(np.stack([half_w, half_h], axis=1) * 2, tf.float32)
         shapes = []
         for ratio in self.aspect_ratios:
             for scale in self.scales:
@@ -90,8 +119,9 @@ class AnchorGenerator:
             stride = float(2**level)
             rows = self.feature_size(height, level)
             cols = self.feature_size(width, level)
-            centers_y = (tf.cast(tf.range(rows), tf.float32) + 0.5) * stride
-            centers_x = (tf.cast(tf.range(cols), tf.float32) + 0.5) * stride
+            offset = 0.0 if self.convention == "torchvision" else 0.5
+            centers_y = (tf.cast(tf.range(rows), tf.float32) + offset) * stride
+            centers_x = (tf.cast(tf.range(cols), tf.float32) + offset) * stride
             grid_y, grid_x = tf.meshgrid(centers_y, centers_x, indexing="ij")
             # [rows, cols, 1, 2] centres against [num_anchors, 2] half sizes.
             centers = tf.stack([grid_x, grid_y], axis=-1)[:, :, None, :]
@@ -121,6 +151,7 @@ class AnchorGenerator:
 
     def get_config(self):
         return {
+            "convention": self.convention,
             "min_level": self.min_level,
             "max_level": self.max_level,
             "anchor_size": self.anchor_size,

@@ -7,6 +7,8 @@ for training from scratch on a CPU.
 import keras
 import numpy as np
 
+from retinanet.model import torchvision_resnet
+
 IMAGENET_MEAN_BGR = (103.939, 116.779, 123.68)
 
 
@@ -51,6 +53,9 @@ BACKBONES = {
     "efficientnet_b0": _self_normalising(keras.applications.EfficientNetB0),
     "efficientnet_b3": _self_normalising(keras.applications.EfficientNetB3),
 }
+# torchvision's ResNet50 ("v1.5", stride on the 3x3 conv, torchvision's normalisation), as in
+# its COCO RetinaNets; built by `torchvision_resnet.build_torchvision_resnet`, random init only.
+BACKBONES.update(dict.fromkeys(torchvision_resnet.RESNET_BLOCKS))
 
 _PROBE_SIZE = 64
 
@@ -96,6 +101,12 @@ def build_backbone(name="resnet50", weights=None, frozen_batchnorm=True,
     """
     if name not in BACKBONES:
         raise ValueError(f"Unknown `backbone` {name!r}; expected one of {sorted(BACKBONES)}.")
+    if name in torchvision_resnet.RESNET_BLOCKS:
+        if weights == "imagenet":
+            raise ValueError(f"`backbone_weights='imagenet'` is not available for {name!r}.")
+        return torchvision_resnet.build_torchvision_resnet(
+            name, weights, frozen_batchnorm, frozen_early_stages, trainable
+        )
     file_weights = None
     if weights not in (None, "imagenet"):
         import os

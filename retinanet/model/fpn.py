@@ -9,8 +9,9 @@ class FeaturePyramid(keras.layers.Layer):
 
     - P3-P5: 1x1 lateral convs on C3-C5, a top-down path with nearest-neighbour 2x
       upsampling and addition, then a 3x3 output conv on each level.
-    - P6 (when ``max_level >= 6``): a 3x3 stride-2 conv on C5. P7 and above: a 3x3 stride-2
-      conv on ReLU of the level below.
+    - P6 (when ``max_level >= 6``): a 3x3 stride-2 conv on C5 (``p6_input="c5"``, the
+      paper's and torchvision v2's) or on the FPN's P5 output (``p6_input="p5"``, torchvision
+      v1's). P7 and above: a 3x3 stride-2 conv on ReLU of the level below.
 
     Input: a list of three float tensors ``[B, H/8, W/8, c3]``, ``[B, H/16, W/16, c4]``,
     ``[B, H/32, W/32, c5]`` with H and W multiples of ``2**max_level``.
@@ -18,10 +19,13 @@ class FeaturePyramid(keras.layers.Layer):
     (``max_level`` 5 gives P3-P5 only).
     """
 
-    def __init__(self, filters=256, max_level=7, **kwargs):
+    def __init__(self, filters=256, max_level=7, p6_input="c5", **kwargs):
         super().__init__(**kwargs)
         if max_level < 5:
             raise ValueError(f"`max_level` must be at least 5, got {max_level}.")
+        if p6_input not in ("c5", "p5"):
+            raise ValueError(f"`p6_input` must be 'c5' or 'p5', got {p6_input!r}.")
+        self.p6_input = p6_input
         self.filters = filters
         self.max_level = max_level
         conv = dict(filters=filters, padding="same", dtype=self.dtype_policy)
@@ -45,9 +49,9 @@ class FeaturePyramid(keras.layers.Layer):
             conv.build(shape)
         for conv, shape in zip(self.output_convs, input_shapes):
             conv.build(shape[:-1] + (self.filters,))
+        p5_shape = input_shapes[-1][:-1] + (self.filters,)
         for index, conv in enumerate(self.extra_convs):
-            conv.build(input_shapes[-1] if index == 0 else
-                       input_shapes[-1][:-1] + (self.filters,))
+            conv.build(input_shapes[-1] if index == 0 and self.p6_input == "c5" else p5_shape)
 
     def call(self, features):
         c3, c4, c5 = features
@@ -55,11 +59,16 @@ class FeaturePyramid(keras.layers.Layer):
         p4 = self.lateral_convs[1](c4) + self.upsample(p5)
         p3 = self.lateral_convs[0](c3) + self.upsample(p4)
         outputs = [conv(p) for conv, p in zip(self.output_convs, (p3, p4, p5))]
-        extra = c5
+        extra = c5 if self.p6_input == "c5" else outputs[-1]
         for index, conv in enumerate(self.extra_convs):
             extra = conv(extra if index == 0 else keras.ops.relu(extra))
             outputs.append(extra)
         return outputs
 
     def get_config(self):
-        return {**super().get_config(), "filters": self.filters, "max_level": self.max_level}
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "max_level": self.max_level,
+            "p6_input": self.p6_input,
+        }

@@ -14,6 +14,10 @@ class RetinaNetHead(keras.layers.Layer):
     ``-log((1 - p) / p)`` so every anchor initially predicts foreground with probability p,
     which keeps the focal loss stable in the first iterations.
 
+    ``use_group_norm`` puts GroupNorm(32) between each conv and its ReLU, where torchvision's
+    RetinaNet v2 has it; ``group_norm_epsilon`` defaults to Keras's 1e-3 (torchvision's
+    GroupNorm uses 1e-5, keras-hub's port of it keeps 1e-3).
+
     Input: a list of ``[B, H_l, W_l, C]`` feature maps.
     Output: float32 ``[B, sum_l H_l * W_l * A, outputs_per_anchor]``, ordered by level, row,
     column, anchor (the order of `retinanet.AnchorGenerator`).
@@ -27,6 +31,7 @@ class RetinaNetHead(keras.layers.Layer):
         filters=256,
         prior_probability=None,
         use_group_norm=False,
+        group_norm_epsilon=1e-3,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -36,6 +41,7 @@ class RetinaNetHead(keras.layers.Layer):
         self.filters = filters
         self.prior_probability = prior_probability
         self.use_group_norm = use_group_norm
+        self.group_norm_epsilon = float(group_norm_epsilon)
         kernel_init = keras.initializers.RandomNormal(stddev=0.01)
         self.convs = [
             keras.layers.Conv2D(
@@ -46,7 +52,10 @@ class RetinaNetHead(keras.layers.Layer):
         ]
         self.norms = (
             [
-                keras.layers.GroupNormalization(groups=32, name=f"gn{i}", dtype=self.dtype_policy)
+                keras.layers.GroupNormalization(
+                    groups=32, epsilon=self.group_norm_epsilon, name=f"gn{i}",
+                    dtype=self.dtype_policy,
+                )
                 for i in range(num_convs)
             ]
             if use_group_norm
@@ -99,4 +108,5 @@ class RetinaNetHead(keras.layers.Layer):
             "filters": self.filters,
             "prior_probability": self.prior_probability,
             "use_group_norm": self.use_group_norm,
+            "group_norm_epsilon": self.group_norm_epsilon,
         }

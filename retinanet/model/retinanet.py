@@ -56,6 +56,7 @@ class RetinaNet(keras.Model):
         use_group_norm: GroupNorm(32) after each subnet conv.
         anchor_generator, label_encoder, fpn, classification_head, box_head, postprocessor:
             collaborators; defaults are built from the other arguments when None.
+        class_names: optional list of the K class names (saved with the model).
     """
 
     def __init__(
@@ -76,9 +77,15 @@ class RetinaNet(keras.Model):
         classification_head=None,
         box_head=None,
         postprocessor=None,
+        class_names=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if class_names is not None and len(class_names) != int(num_classes):
+            raise ValueError(
+                f"`class_names` needs {num_classes} names, got {len(class_names)}."
+            )
+        self.class_names = None if class_names is None else [str(n) for n in class_names]
         if int(num_classes) < 1:
             raise ValueError(f"`num_classes` must be at least 1, got {num_classes}.")
         self.num_classes = int(num_classes)
@@ -233,6 +240,20 @@ class RetinaNet(keras.Model):
 
     # -- serialisation -------------------------------------------------------------------
 
+    @classmethod
+    def from_preset(cls, preset, num_classes=None):
+        """torchvision's COCO RetinaNet from a keras-hub preset; see `retinanet.model.presets`.
+
+        Args:
+            preset: ``"retinanet_resnet50_fpn_coco"``, ``"retinanet_resnet50_fpn_v2_coco"``
+                (downloaded by keras-hub) or a local keras-hub preset directory.
+            num_classes: None keeps the 91 COCO logits (index = COCO category id, names in
+                ``class_names``); K gives a new class-subnet output layer with K classes.
+        """
+        from retinanet.model import presets
+
+        return presets.from_preset(preset, num_classes=num_classes)
+
     _COMPILE_KEYS = ("optimizer", "run_eagerly", "steps_per_execution", "jit_compile")
 
     def get_compile_config(self):
@@ -257,6 +278,7 @@ class RetinaNet(keras.Model):
         return {
             **super().get_config(),
             "num_classes": self.num_classes,
+            "class_names": self.class_names,
             "backbone": serialize(self.backbone),
             "anchor_generator": serialize(self.anchor_generator),
             "label_encoder": serialize(self.label_encoder),
