@@ -491,7 +491,8 @@ class ErrorAnalyzer(ImageAccumulator):
                        "iou_threshold": 0.5},
          "per_class": {name: {"precision", "recall", "f1", "threshold", "tp", "fp", "num_gt"}},
          "worst": {"false_positives": [{"image_id", "box", "class", "class_name", "score",
-                                        "error", "iou", "gt_box", "gt_class"}],
+                                        "error", "iou", "gt_box", "gt_class",
+                                        "gt_class_name"}],
                    "missed": [{"image_id", "box", "class", "class_name"}]}}
 
     AP and dAP are on the 0-1 scale (TIDE prints 100 times these). `worst["false_positives"]`
@@ -592,6 +593,7 @@ class ErrorAnalyzer(ImageAccumulator):
                 "iou": float(np.max(overlaps)) if overlaps.size else 0.0,
                 "gt_box": gt_box,
                 "gt_class": gt_class,
+                "gt_class_name": None if gt_class is None else self._name(gt_class),
             })
         missed = []
         lost = np.flatnonzero(m.gt_missed)
@@ -773,6 +775,7 @@ def write_analysis(result: dict, output_dir: str, class_names=None) -> dict:
 
 
 _MISSED_COLOR = (255, 190, 0)
+_GT_COLOR = (0, 150, 255)  # white tags would hide their white text
 
 
 def plot_error_gallery(images_by_id: dict, worst: dict, path: str, class_names=None,
@@ -780,7 +783,7 @@ def plot_error_gallery(images_by_id: dict, worst: dict, path: str, class_names=N
     """Saves one tile per worst false positive and missed ground truth as a PNG grid.
 
     False positives are red, labelled with their error type, class and score, over the ground
-    truth their error refers to (white); missed ground truths are amber.
+    truth their error refers to (blue); missed ground truths are amber.
 
     Args:
       images_by_id: {image_id: uint8 [H, W, 3] RGB}, in the pixels the boxes are in.
@@ -798,8 +801,9 @@ def plot_error_gallery(images_by_id: dict, worst: dict, path: str, class_names=N
     from retinanet.visualization import RED, _to_uint8, draw_boxes
 
     def name(entry, key="class"):
-        return class_name(entry[key], class_names) if class_names is not None \
-            else entry.get("class_name", str(entry[key]))
+        if class_names is not None:
+            return class_name(entry[key], class_names)
+        return entry.get(f"{key}_name") or str(entry[key])
 
     tiles = []
     for entry in worst.get("false_positives", []):
@@ -807,18 +811,17 @@ def plot_error_gallery(images_by_id: dict, worst: dict, path: str, class_names=N
             continue
         tile = _to_uint8(images_by_id[entry["image_id"]])
         if entry.get("gt_box") is not None:
-            gt_label = class_name(entry["gt_class"], class_names) if class_names is not None \
-                else str(entry["gt_class"])
-            tile = draw_boxes(tile, [entry["gt_box"]], [gt_label], colors=(255, 255, 255))
+            tile = draw_boxes(tile, [entry["gt_box"]], [name(entry, "gt_class")],
+                              colors=_GT_COLOR)
         tile = draw_boxes(tile, [entry["box"]], [f"{name(entry)} {entry['score']:.2f}"],
                           colors=RED)
-        tiles.append((tile, f"{entry['error']} FP: {entry['image_id']}"))
+        tiles.append((tile, f"{entry['error']} FP, image {entry['image_id']}"))
     for entry in worst.get("missed", []):
         if entry["image_id"] not in images_by_id:
             continue
         tile = draw_boxes(images_by_id[entry["image_id"]], [entry["box"]], [name(entry)],
                           colors=_MISSED_COLOR)
-        tiles.append((tile, f"missed: {entry['image_id']}"))
+        tiles.append((tile, f"missed, image {entry['image_id']}"))
     if not tiles:
         return None
 
@@ -832,7 +835,7 @@ def plot_error_gallery(images_by_id: dict, worst: dict, path: str, class_names=N
     for axis, (tile, title) in zip(axes.ravel(), tiles):
         axis.imshow(tile)
         axis.set_title(title, fontsize=9)
-    figure.suptitle("worst false positives (red; white: the ground truth they refer to) and "
+    figure.suptitle("worst false positives (red; blue: the ground truth they refer to) and "
                     "missed objects (amber)", fontsize=10)
     figure.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
