@@ -34,6 +34,7 @@ setup(
             "nbclient>=0.7",
             "nbformat>=5.7",
             "ipykernel>=6",
+            "tidecv-light==1.0.2",
         ],
         "bench": ["keras-cv>=0.9", "keras-hub>=0.18", "psutil>=5.9"],
     },

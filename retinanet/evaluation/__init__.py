@@ -26,10 +26,15 @@ Results:
   `val_AP`, `val_AP50`, ..., `val_mAP_voc` into `logs`; list it before ModelCheckpoint,
   EarlyStopping, TensorBoard and CSVLogger.
 - `write_report(results, output_dir)` -> report.md, per_class.csv, metrics.json, pr_curves.png.
+- `ErrorAnalyzer(class_names=None, score_threshold=None, max_worst=16).result()`: TIDE error
+  breakdown (dAP per error type, 0-1 scale), confusion matrix, per-class best-F1 points, worst
+  errors (see `retinanet.evaluation.analysis`); `write_analysis(result, output_dir)` ->
+  analysis.md, analysis.json, confusion_matrix.csv / .png; `plot_error_gallery(...)`.
 
 `name` is `class_names[c]`, or `str(c)` without names.
 """
 
+from retinanet.evaluation.analysis import ErrorAnalyzer, plot_error_gallery, write_analysis
 from retinanet.evaluation.callback import EvaluationCallback
 from retinanet.evaluation.coco import COCO_METRIC_NAMES, COCOEvaluator
 from retinanet.evaluation.inputs import ImageAccumulator, ImageRecord, check_image
@@ -40,6 +45,7 @@ from retinanet.evaluation.voc import VOCEvaluator, pairwise_iou, voc_ap
 __all__ = [
     "COCO_METRIC_NAMES",
     "COCOEvaluator",
+    "ErrorAnalyzer",
     "EvaluationCallback",
     "ImageAccumulator",
     "ImageRecord",
@@ -50,8 +56,10 @@ __all__ = [
     "format_table",
     "pairwise_iou",
     "per_class_rows",
+    "plot_error_gallery",
     "plot_pr_curves",
     "split_batch",
     "voc_ap",
+    "write_analysis",
     "write_report",
 ]
