@@ -1,4 +1,4 @@
-"""``python -m retinanet <command>``: the command line, as the ``retinanet`` script."""
+"""`python -m retinanet <command>`: the command line, as the `retinanet` script."""
 
 from retinanet.apps.cli import run
 

@@ -18,13 +18,13 @@ BACKUP_AND_RESTORE_PROGRESS = ("_current_epoch", "_last_batch_seen")
 
 
 def all_layers(model):
-    """Every layer inside ``model``, nested ones included (``Model._flatten_layers``)."""
+    """Every layer inside `model`, nested ones included (`Model._flatten_layers`)."""
     return model._flatten_layers()
 
 
 @contextlib.contextmanager
 def jit_compile_off(model):
-    """Builds functions with ``jit_compile`` off inside the block, then restores it."""
+    """Builds functions with `jit_compile` off inside the block, then restores it."""
     jit_compile, model._jit_compile = model._jit_compile, False
     try:
         yield
@@ -33,7 +33,7 @@ def jit_compile_off(model):
 
 
 def set_initial_epoch(model, epoch: int):
-    """Makes a running `fit` start at ``epoch``; it reads this after ``on_train_begin``."""
+    """Makes a running `fit` start at `epoch`; it reads this after `on_train_begin`."""
     model._initial_epoch = int(epoch)
 
 
@@ -52,9 +52,9 @@ def allow_multi_worker_fit(model):
       to convert a value (PerReplica...) to a Tensor"). RetinaNet creates its weights in its
       constructor (only the weightless postprocessor waits for `predict`), so the optimizer
       is built here and that step becomes a no-op on this model instance.
-    - After each step the logs are averaged with ``strategy.reduce("MEAN", v, axis=0)``, which
+    - After each step the logs are averaged with `strategy.reduce("MEAN", v, axis=0)`, which
       fails on scalars ("Invalid reduction dimension 0"). The train step here returns them
-      as ``[1]`` vectors, which that reduce averages back to scalars.
+      as `[1]` vectors, which that reduce averages back to scalars.
     """
     import tensorflow as tf
 

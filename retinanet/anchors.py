@@ -15,22 +15,22 @@ ANCHOR_CONVENTIONS = ("centered", "torchvision")
 class AnchorGenerator:
     """Generates the anchors of every pyramid level for an image size.
 
-    On level ``l`` the stride is ``2**l`` and the base size is ``anchor_size * 2**l``
-    (32 to 512 px for levels 3 to 7 with the default ``anchor_size=4``). Each location gets
-    ``len(scales) * len(aspect_ratios)`` anchors, centred at ``((x + 0.5) * stride,
-    (y + 0.5) * stride)``.
+    On level `l` the stride is `2**l` and the base size is `anchor_size * 2**l`
+    (32 to 512 px for levels 3 to 7 with the default `anchor_size=4`). Each location gets
+    `len(scales) * len(aspect_ratios)` anchors, centred at `((x + 0.5) * stride,
+    (y + 0.5) * stride)`.
 
     The aspect ratio is **height / width**: ratio 2.0 gives a tall anchor. An anchor of
-    base size ``s``, scale ``k`` and ratio ``r`` has area ``(s * k)**2``, width
-    ``s * k / sqrt(r)`` and height ``s * k * sqrt(r)``.
+    base size `s`, scale `k` and ratio `r` has area `(s * k)**2`, width
+    `s * k / sqrt(r)` and height `s * k * sqrt(r)`.
 
     Example: level 3 of a 16x16 image is a 2x2 grid with stride 8; its first anchor
     (scale 1, ratio 0.5) is centred at (4, 4) with width 32 * sqrt(2) and height
-    32 / sqrt(2), i.e. ``[-18.63, -7.31, 26.63, 15.31]``.
+    32 / sqrt(2), i.e. `[-18.63, -7.31, 26.63, 15.31]`.
 
-    With ``convention="torchvision"`` the anchors are torchvision's (and keras-hub's, which
-    ports them): centres at ``(x * stride, y * stride)``, sizes truncated to whole pixels
-    (``int(s * k)``: 32, 40, 50 on level 3) and each half width and half height rounded
+    With `convention="torchvision"` the anchors are torchvision's (and keras-hub's, which
+    ports them): centres at `(x * stride, y * stride)`, sizes truncated to whole pixels
+    (`int(s * k)`: 32, 40, 50 on level 3) and each half width and half height rounded
     half-to-even to a whole pixel, as `torchvision.models.detection.anchor_utils.
     AnchorGenerator.generate_anchors` does in float32. Its anchor order (ratio major, scale
     minor) is the same as ours. The torchvision RetinaNets of `RetinaNet.from_preset` need it.
@@ -40,7 +40,7 @@ class AnchorGenerator:
         anchor_size: base anchor size in units of the level's stride.
         scales: multipliers of the base size at every location.
         aspect_ratios: height / width ratios at every location.
-        convention: one of `ANCHOR_CONVENTIONS`: ``"centered"`` (default) or ``"torchvision"``.
+        convention: one of `ANCHOR_CONVENTIONS`: `"centered"` (default) or `"torchvision"`.
     """
 
     def __init__(
@@ -108,12 +108,12 @@ class AnchorGenerator:
         return tf.constant(shapes, tf.float32)
 
     def feature_size(self, size, level):
-        """Side of the level-``level`` feature map for an image side of ``size``."""
+        """Side of the level-`level` feature map for an image side of `size`."""
         stride = 2**level
         return (size + stride - 1) // stride
 
     def anchors_per_level(self, height, width):
-        """A list of ``[H_l * W_l * num_anchors_per_location, 4]`` xyxy tensors, one per level."""
+        """A list of `[H_l * W_l * num_anchors_per_location, 4]` xyxy tensors, one per level."""
         result = []
         for level in self.levels:
             stride = float(2**level)
@@ -131,19 +131,19 @@ class AnchorGenerator:
         return result
 
     def __call__(self, height, width):
-        """All anchors for an image of ``height`` x ``width`` pixels.
+        """All anchors for an image of `height` x `width` pixels.
 
         Args:
             height, width: Python ints or scalar int tensors.
 
         Returns:
-            float32 Tensor ``[A, 4]``, xyxy absolute pixels, ordered by level, then row (y),
+            float32 Tensor `[A, 4]`, xyxy absolute pixels, ordered by level, then row (y),
             then column (x), then anchor (aspect ratio major, scale minor).
         """
         return tf.concat(self.anchors_per_level(height, width), axis=0)
 
     def num_anchors(self, height, width):
-        """The number of anchors ``A`` for an image size, as a Python int."""
+        """The number of anchors `A` for an image size, as a Python int."""
         return self.num_anchors_per_location * sum(
             self.feature_size(height, level) * self.feature_size(width, level)
             for level in self.levels

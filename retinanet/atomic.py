@@ -48,7 +48,7 @@ def write_json(path: str, value):
 
 
 def read_json(path: str):
-    """The JSON in ``path``, or None when it is missing or unreadable."""
+    """The JSON in `path`, or None when it is missing or unreadable."""
     try:
         with open(path, encoding="utf-8") as file:
             return json.load(file)

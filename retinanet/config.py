@@ -1,20 +1,20 @@
 """Experiment configs: the schema every config file starts from, its files and its checks.
 
-A config file (``configs/*.py``) defines ``get_config()`` returning `default_config()` with its
-own values; absl's ``config_flags`` loads it and lets any field be overridden on the command
-line (``--config.train.epochs=3``). `retinanet.training.builders` turns a config into the
+A config file (`configs/*.py`) defines `get_config()` returning `default_config()` with its
+own values; absl's `config_flags` loads it and lets any field be overridden on the command
+line (`--config.train.epochs=3`). `retinanet.training.builders` turns a config into the
 package's own objects and `retinanet.training.datasets` into datasets and pipelines.
 
 Sections (see `default_config` for every field and its meaning):
 
-- ``model``: backbone, FPN and head widths, ``anchors``, ``matching``, ``postprocess``.
-- ``data``: ``format`` (shapes, coco, voc, yolo, csv, tfds), ``train`` / ``val`` paths, resizing
-  and augmentation, batch size, the built-in ``shapes`` set.
-- ``train``: epochs, optimiser and learning-rate schedule, loss weights, evaluation cadence.
-- ``eval``: which metrics and thresholds `retinanet evaluate` reports.
+- `model`: backbone, FPN and head widths, `anchors`, `matching`, `postprocess`.
+- `data`: `format` (shapes, coco, voc, yolo, csv, tfds), `train` / `val` paths, resizing
+  and augmentation, batch size, the built-in `shapes` set.
+- `train`: epochs, optimiser and learning-rate schedule, loss weights, evaluation cadence.
+- `eval`: which metrics and thresholds `retinanet evaluate` reports.
 
-Errors are `ConfigError` (a ValueError) and name the field, e.g. ``config.data.train: path not
-found: /data/train.json``.
+Errors are `ConfigError` (a ValueError) and name the field, e.g. `config.data.train: path not
+found: /data/train.json`.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class ConfigError(ValueError):
 def default_config() -> ml_collections.ConfigDict:
     """The full schema with general-purpose defaults; config files change what they need.
 
-    The defaults are not the paper's recipe (that is ``configs/retinanet_r50_coco.py``): Adam
+    The defaults are not the paper's recipe (that is `configs/retinanet_r50_coco.py`): Adam
     1e-4 with a constant learning rate, a 640 px square and a ResNet50 from random weights.
 
     Returns:
@@ -194,7 +194,7 @@ def from_dict(values: dict) -> ml_collections.ConfigDict:
 
 
 def load_json(path: str) -> ml_collections.ConfigDict:
-    """Reads a config saved by `save` (``config.json``)."""
+    """Reads a config saved by `save` (`config.json`)."""
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
     with open(path, encoding="utf-8") as file:
@@ -211,7 +211,7 @@ def to_dict(config) -> dict:
 
 
 def save(config, directory: str):
-    """Writes ``config.json`` and ``config.py`` (loadable with ``--config=``) into directory."""
+    """Writes `config.json` and `config.py` (loadable with `--config=`) into directory."""
     os.makedirs(directory, exist_ok=True)
     text = json.dumps(to_dict(config), indent=2, sort_keys=True)
     atomic.write_text(os.path.join(directory, "config.json"), text + "\n")
@@ -226,7 +226,7 @@ def save(config, directory: str):
 
 
 def check_choice(field: str, value, choices):
-    """Returns ``value`` if it is one of ``choices``; else raises ConfigError naming ``field``."""
+    """Returns `value` if it is one of `choices`; else raises ConfigError naming `field`."""
     if value not in choices:
         raise ConfigError(f"{field}: unknown {field.rsplit('.', 1)[-1]} {value!r}; expected one of "
                           f"{', '.join(map(str, choices))}")
@@ -266,13 +266,13 @@ def validate(config):
 
 def image_size(config):
     """The resize rule of `retinanet.preprocess`: an int S, or (min_side, max_side) when
-    ``data.image_size`` is 0."""
+    `data.image_size` is 0."""
     d = config.data
     return d.image_size if d.image_size else (d.min_side, d.max_side)
 
 
 def class_names(config):
-    """``data.class_names`` as a list, or None when it is empty (names come from the data)."""
+    """`data.class_names` as a list, or None when it is empty (names come from the data)."""
     names = [name.strip() for name in config.data.class_names.split(",") if name.strip()]
     return names or None
 

@@ -1,6 +1,6 @@
 """RetinaNet losses: sigmoid focal loss and smooth L1, normalised by positive anchors.
 
-Both take per-anchor targets from `retinanet.LabelEncoder` and an ``anchor_states`` tensor
+Both take per-anchor targets from `retinanet.LabelEncoder` and an `anchor_states` tensor
 (1 positive, 0 negative, -1 ignored). They return the sum over anchors divided by the number
 of positive anchors in the batch (at least 1). Ignored anchors contribute nothing. All math
 runs in float32, whatever the compute dtype of the predictions.
@@ -21,14 +21,14 @@ def _num_positives(anchor_states):
 class FocalLoss:
     """Sigmoid focal loss (Lin et al., 2017).
 
-    ``FL(p_t) = -alpha_t * (1 - p_t)**gamma * log(p_t)``, with ``alpha_t = alpha`` on positive
-    targets and ``1 - alpha`` on negative ones, summed over anchors and classes.
+    `FL(p_t) = -alpha_t * (1 - p_t)**gamma * log(p_t)`, with `alpha_t = alpha` on positive
+    targets and `1 - alpha` on negative ones, summed over anchors and classes.
 
     Call with:
-        cls_logits: float Tensor ``[B, A, K]``, raw logits.
-        cls_targets: int Tensor ``[B, A]``, the matched class of positive anchors (any value
+        cls_logits: float Tensor `[B, A, K]`, raw logits.
+        cls_targets: int Tensor `[B, A]`, the matched class of positive anchors (any value
             elsewhere).
-        anchor_states: int Tensor ``[B, A]``: 1 positive, 0 negative, -1 ignored.
+        anchor_states: int Tensor `[B, A]`: 1 positive, 0 negative, -1 ignored.
 
     Returns:
         float32 scalar: the summed loss divided by max(1, number of positive anchors).
@@ -43,7 +43,7 @@ class FocalLoss:
         self.gamma = float(gamma)
 
     def elementwise(self, logits, targets):
-        """The unnormalised loss for one-hot ``targets`` of the same shape as ``logits``."""
+        """The unnormalised loss for one-hot `targets` of the same shape as `logits`."""
         logits = tf.cast(logits, tf.float32)
         targets = tf.cast(targets, tf.float32)
         cross_entropy = tf.nn.sigmoid_cross_entropy_with_logits(labels=targets, logits=logits)
@@ -70,15 +70,15 @@ class FocalLoss:
 
 @keras.saving.register_keras_serializable(package="retinanet")
 class SmoothL1Loss:
-    """Smooth L1 (Huber divided by ``beta``) over the box deltas of positive anchors.
+    """Smooth L1 (Huber divided by `beta`) over the box deltas of positive anchors.
 
-    ``0.5 * x**2 / beta`` for ``|x| < beta``, else ``|x| - 0.5 * beta``; summed over the four
-    deltas and the positive anchors. ``beta=0`` gives plain L1.
+    `0.5 * x**2 / beta` for `|x| < beta`, else `|x| - 0.5 * beta`; summed over the four
+    deltas and the positive anchors. `beta=0` gives plain L1.
 
     Call with:
-        box_deltas: float Tensor ``[B, A, 4]``, predicted (t_x, t_y, t_w, t_h).
-        box_targets: float Tensor ``[B, A, 4]``, encoded targets.
-        anchor_states: int Tensor ``[B, A]``: 1 positive, 0 negative, -1 ignored.
+        box_deltas: float Tensor `[B, A, 4]`, predicted (t_x, t_y, t_w, t_h).
+        box_targets: float Tensor `[B, A, 4]`, encoded targets.
+        anchor_states: int Tensor `[B, A]`: 1 positive, 0 negative, -1 ignored.
 
     Returns:
         float32 scalar: the summed loss divided by max(1, number of positive anchors).

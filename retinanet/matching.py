@@ -16,22 +16,22 @@ class LabelEncoder:
 
     For each anchor, take its highest IoU over the image's ground-truth boxes:
 
-    - IoU >= ``positive_iou``: positive, trained on that box's class and deltas;
-    - IoU < ``negative_iou``: negative (background);
+    - IoU >= `positive_iou`: positive, trained on that box's class and deltas;
+    - IoU < `negative_iou`: negative (background);
     - in between: ignored, no loss at all.
 
-    With ``allow_low_quality_matches``, every ground-truth box also claims the anchor(s) with
-    its highest IoU (ties included, IoU > 0), even below ``positive_iou``, so that no object
+    With `allow_low_quality_matches`, every ground-truth box also claims the anchor(s) with
+    its highest IoU (ties included, IoU > 0), even below `positive_iou`, so that no object
     goes untrained. A claimed anchor is matched to the claiming box.
 
-    Worked example, one 10x10 box ``[0, 0, 10, 10]`` and three anchors:
-    ``[0, 0, 10, 10]`` (IoU 1.0) is positive, ``[0, 0, 10, 22]`` (IoU 0.4545) is ignored and
-    ``[20, 20, 30, 30]`` (IoU 0) is negative. If the first anchor were missing, the second
+    Worked example, one 10x10 box `[0, 0, 10, 10]` and three anchors:
+    `[0, 0, 10, 10]` (IoU 1.0) is positive, `[0, 0, 10, 22]` (IoU 0.4545) is ignored and
+    `[20, 20, 30, 30]` (IoU 0) is negative. If the first anchor were missing, the second
     would be the box's best anchor and become positive as a low-quality match.
 
     Args:
         anchor_generator: an `AnchorGenerator`; built with defaults when None.
-        positive_iou, negative_iou: the thresholds, ``0 <= negative_iou <= positive_iou <= 1``.
+        positive_iou, negative_iou: the thresholds, `0 <= negative_iou <= positive_iou <= 1`.
         allow_low_quality_matches: see above.
         box_weights: the (x, y, w, h) weights of `retinanet.ops.encode_boxes`.
     """
@@ -61,13 +61,13 @@ class LabelEncoder:
         """Matches anchors to boxes.
 
         Args:
-            anchors: float Tensor ``[A, 4]``, xyxy absolute pixels.
-            boxes: float Tensor ``[B, N, 4]``, xyxy absolute pixels, padded with -1.
-            classes: int Tensor ``[B, N]``, padded with -1 (negative entries are padding).
+            anchors: float Tensor `[A, 4]`, xyxy absolute pixels.
+            boxes: float Tensor `[B, N, 4]`, xyxy absolute pixels, padded with -1.
+            classes: int Tensor `[B, N]`, padded with -1 (negative entries are padding).
 
         Returns:
-            ``(matched_index [B, A] int32, anchor_states [B, A] int32)``: the index of each
-            anchor's best box in ``[0, N]``, only meaningful for positive anchors (an image
+            `(matched_index [B, A] int32, anchor_states [B, A] int32)`: the index of each
+            anchor's best box in `[0, N]`, only meaningful for positive anchors (an image
             without boxes gives 0 everywhere; its anchors are all negative), and 1 / 0 / -1
             for positive / negative / ignored.
         """
@@ -105,15 +105,15 @@ class LabelEncoder:
         """Per-anchor training targets for a batch.
 
         Args:
-            boxes: float Tensor ``[B, N, 4]``, xyxy absolute pixels, padded with -1.
-            classes: int Tensor ``[B, N]``, padded with -1.
+            boxes: float Tensor `[B, N, 4]`, xyxy absolute pixels, padded with -1.
+            classes: int Tensor `[B, N]`, padded with -1.
             height, width: the (padded) image size the anchors cover.
 
         Returns:
             A dict with
-            ``"cls_targets"``: int32 ``[B, A]``, the matched class, -1 where not positive;
-            ``"box_targets"``: float32 ``[B, A, 4]``, encoded deltas, 0 where not positive;
-            ``"anchor_states"``: int32 ``[B, A]``, 1 positive, 0 negative, -1 ignored.
+            `"cls_targets"`: int32 `[B, A]`, the matched class, -1 where not positive;
+            `"box_targets"`: float32 `[B, A, 4]`, encoded deltas, 0 where not positive;
+            `"anchor_states"`: int32 `[B, A]`, 1 positive, 0 negative, -1 ignored.
         """
         boxes = tf.convert_to_tensor(boxes, tf.float32)
         classes = tf.cast(classes, tf.int32)

@@ -1,6 +1,6 @@
 """The one resize-and-pad rule, shared by the data pipeline and the exported models.
 
-An ``image_size`` is the resize rule, for an image of height H and width W:
+An `image_size` is the resize rule, for an image of height H and width W:
 
 - None: scale 1 (native size);
 - an int S: scale = S / max(H, W), on an S x S canvas (TF Model Garden's fixed square);
@@ -8,8 +8,8 @@ An ``image_size`` is the resize rule, for an image of height H and width W:
   (detectron2's ResizeShortestEdge), on a canvas of the resized size.
 
 The resized image is round(H * scale) x round(W * scale) and boxes are multiplied by the one
-``scale``. The canvas is rounded up to a multiple of ``size_multiple`` (the anchor
-generator's `stride_multiple`, ``2**max_level``, so every pyramid level tiles the image
+`scale`. The canvas is rounded up to a multiple of `size_multiple` (the anchor
+generator's `stride_multiple`, `2**max_level`, so every pyramid level tiles the image
 exactly), and images are padded bottom/right, which leaves pixel coordinates unchanged.
 """
 
@@ -24,7 +24,7 @@ DEFAULT_SIZE_MULTIPLE = 128
 
 
 def round_up(value, multiple):
-    """``value`` (int or int tensor) rounded up to a multiple of ``multiple``."""
+    """`value` (int or int tensor) rounded up to a multiple of `multiple`."""
     return (value + multiple - 1) // multiple * multiple
 
 
@@ -35,7 +35,7 @@ def check_image_size(image_size, name="image_size"):
         The normalised value (None, int or a tuple of two ints).
 
     Raises:
-        ValueError: naming ``name``.
+        ValueError: naming `name`.
     """
     if image_size is None:
         return None
@@ -65,7 +65,7 @@ def resize_scale_and_canvas(height, width, image_size, size_multiple=DEFAULT_SIZ
         size_multiple: the canvas sides are rounded up to multiples of it.
 
     Returns:
-        ``(scale, canvas)``: float32 scalar and int32 ``[2]`` (height, width).
+        `(scale, canvas)`: float32 scalar and int32 `[2]` (height, width).
     """
     h = tf.cast(height, tf.float32)
     w = tf.cast(width, tf.float32)
@@ -83,7 +83,7 @@ def resize_scale_and_canvas(height, width, image_size, size_multiple=DEFAULT_SIZ
 
 
 def resized_size(size, scale):
-    """``round(size * scale)``, at least 1 pixel: int32 ``[2]`` from int32 ``[2]`` (h, w)."""
+    """`round(size * scale)`, at least 1 pixel: int32 `[2]` from int32 `[2]` (h, w)."""
     scaled = tf.round(tf.cast(size, tf.float32) * scale)
     return tf.maximum(tf.cast(scaled, tf.int32), 1)
 
@@ -92,13 +92,13 @@ def resize_and_pad(images, image_size, size_multiple=DEFAULT_SIZE_MULTIPLE):
     """Resizes and pads a batch of images that share one size, as evaluation batches are.
 
     Args:
-        images: uint8 or float ``[B, H, W, 3]`` (uint8 is resized without a float copy).
+        images: uint8 or float `[B, H, W, 3]` (uint8 is resized without a float copy).
         image_size: the resize rule (see `check_image_size`).
         size_multiple: canvas multiple.
 
     Returns:
-        ``(padded float32 [B, Hc, Wc, 3], scale float32 scalar)``; boxes found on the padded
-        images divided by ``scale`` are in the input's pixels.
+        `(padded float32 [B, Hc, Wc, 3], scale float32 scalar)`; boxes found on the padded
+        images divided by `scale` are in the input's pixels.
     """
     shape = tf.shape(images)
     scale, canvas = resize_scale_and_canvas(shape[1], shape[2], image_size, size_multiple)

@@ -1,10 +1,10 @@
 """Drawing detections and ground truth: annotated images and galleries.
 
-Boxes are ``xyxy`` in absolute pixels of the image they are drawn on (docs/CONTRACTS.md).
+Boxes are `xyxy` in absolute pixels of the image they are drawn on (docs/CONTRACTS.md).
 
 Why not `keras.visualization.draw_bounding_boxes` / `plot_bounding_box_gallery`: both draw with
-OpenCV (``cv2``), which is not a dependency of this package (and not installed by
-``pip install retinanet``); they raise ImportError without it. Pillow, which matplotlib already
+OpenCV (`cv2`), which is not a dependency of this package (and not installed by
+`pip install retinanet`); they raise ImportError without it. Pillow, which matplotlib already
 depends on, draws boxes and labels onto the pixels, and matplotlib lays out the gallery.
 """
 
@@ -46,14 +46,14 @@ def draw_boxes(image, boxes, labels=None, colors=None, line_width: int | None = 
     """Draws boxes (and a label above each) onto a copy of an image.
 
     Args:
-        image: uint8 or float 0-255 ``[H, W, 3]`` RGB.
-        boxes: ``[N, 4]`` xyxy absolute pixels.
+        image: uint8 or float 0-255 `[H, W, 3]` RGB.
+        boxes: `[N, 4]` xyxy absolute pixels.
         labels: optional list of N str drawn on a filled tag at each box's top-left.
         colors: one RGB tuple for all, or a list of N tuples; default the first palette colour.
         line_width, font_size: default scale with the image size.
 
     Returns:
-        uint8 ``[H, W, 3]``.
+        uint8 `[H, W, 3]`.
     """
     from PIL import Image, ImageDraw
 
@@ -97,14 +97,14 @@ def draw_detections(image, boxes, classes, scores=None, class_names=None,
     """Draws one image's detections, coloured by class and labelled with name and score.
 
     Args:
-        image: ``[H, W, 3]`` RGB 0-255.
-        boxes: ``[D, 4]`` xyxy pixels of this image; classes ``[D]`` (negative = padding);
-            scores ``[D]`` or None (ground truth).
+        image: `[H, W, 3]` RGB 0-255.
+        boxes: `[D, 4]` xyxy pixels of this image; classes `[D]` (negative = padding);
+            scores `[D]` or None (ground truth).
         class_names: optional names indexed by class.
         score_threshold: detections below it are not drawn.
 
     Returns:
-        uint8 ``[H, W, 3]``.
+        uint8 `[H, W, 3]`.
     """
     boxes = np.asarray(boxes).reshape(-1, 4)
     classes = np.asarray(classes).reshape(-1).astype(np.int64)
@@ -132,8 +132,8 @@ def plot_gallery(images, detections, path: str, class_names=None, ground_truth=N
     """Saves a grid of images with their detections (and optionally ground truth) as one PNG.
 
     Args:
-        images: list of ``[H, W, 3]`` RGB 0-255.
-        detections: list of dicts with "boxes" ``[D, 4]``, "classes" ``[D]``, "scores" ``[D]``
+        images: list of `[H, W, 3]` RGB 0-255.
+        detections: list of dicts with "boxes" `[D, 4]`, "classes" `[D]`, "scores" `[D]`
             in each image's pixels (docs/CONTRACTS.md, one image each, padding allowed).
         path: the PNG to write.
         class_names: names for the labels.
@@ -189,10 +189,10 @@ def draw_anchor_matches(image, boxes, matched, best_anchors=None) -> np.ndarray:
     """Ground-truth boxes in green where a positive anchor matches them, red where none does.
 
     Args:
-        image: ``[H, W, 3]`` RGB 0-255.
-        boxes: ``[N, 4]`` xyxy pixels.
-        matched: bool ``[N]``.
-        best_anchors: optional ``[N, 4]`` xyxy: each box's highest-IoU anchor, drawn thin in
+        image: `[H, W, 3]` RGB 0-255.
+        boxes: `[N, 4]` xyxy pixels.
+        matched: bool `[N]`.
+        best_anchors: optional `[N, 4]` xyxy: each box's highest-IoU anchor, drawn thin in
             yellow, which shows why a small box is missed.
     """
     matched = np.asarray(matched, bool).reshape(-1)

@@ -1,4 +1,4 @@
-"""The ``retinanet`` command line (an absl app): train, evaluate, predict, export, debug-anchors.
+"""The `retinanet` command line (an absl app): train, evaluate, predict, export, debug-anchors.
 
     retinanet train --config=configs/shapes.py --workdir=runs/shapes [--config.train.epochs=3]
     retinanet evaluate --workdir=runs/shapes [--split=val|train] [--checkpoint=best|last|PATH]
@@ -9,8 +9,8 @@
 `retinanet.training.workdir` lists what a training run's workdir holds.
 
 Bad input (a wrong config field, a missing dataset path, an unknown format or flag value)
-ends with one line ``retinanet <command>: error: ...`` on stderr and exit status 2; pass
-``--debug`` for the traceback.
+ends with one line `retinanet <command>: error: ...` on stderr and exit status 2; pass
+`--debug` for the traceback.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def _config(required: bool = True):
 
 
 def _load_model(workdir: str):
-    """The --checkpoint of ``workdir`` as a `RetinaNet`."""
+    """The --checkpoint of `workdir` as a `RetinaNet`."""
     import keras
 
     import retinanet  # noqa: F401  (registers the custom objects)
@@ -299,7 +299,7 @@ def _parse_flags(command, argv):
 
 
 def run(argv=None):
-    """Console entry point: ``retinanet <command> [flags]``."""
+    """Console entry point: `retinanet <command> [flags]`."""
     argv = list(sys.argv if argv is None else argv)
     if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
         print(_usage())

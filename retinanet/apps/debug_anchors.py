@@ -12,7 +12,7 @@ def anchor_coverage(config, dataset, num_images_to_draw=0, output=None, verbose=
 
     Runs the configured `LabelEncoder` on evaluation-style batches (resized as in training,
     without augmentation). A box counts as matched when some anchor's IoU with it reaches
-    ``positive_iou``; with ``allow_low_quality_matches`` every box also claims its best anchor,
+    `positive_iou`; with `allow_low_quality_matches` every box also claims its best anchor,
     reported separately, since such a box trains on an anchor that covers it poorly.
 
     Returns:

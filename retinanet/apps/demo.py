@@ -1,10 +1,10 @@
 """`make demo`: from nothing to a trained, evaluated, exported detector on the CPU.
 
-Trains ``configs/shapes.py`` (the built-in synthetic shapes set, no download) into
-``runs/demo/``, evaluates it on the validation split (``metrics.json``, ``report.md``,
-``per_class.csv``, ``pr_curves.png``), exports a SavedModel (``runs/demo/saved_model``),
+Trains `configs/shapes.py` (the built-in synthetic shapes set, no download) into
+`runs/demo/`, evaluates it on the validation split (`metrics.json`, `report.md`,
+`per_class.csv`, `pr_curves.png`), exports a SavedModel (`runs/demo/saved_model`),
 checks that the SavedModel's detections agree with the Keras model's, draws a gallery of
-detections on validation images (``runs/demo/detections.png``) and prints a summary.
+detections on validation images (`runs/demo/detections.png`) and prints a summary.
 
     python -m retinanet.apps.demo [--workdir=runs/demo] [--config.train.epochs=...]
 

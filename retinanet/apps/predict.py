@@ -16,10 +16,10 @@ def image_records(images: str):
     """Records (size only, no boxes) for an image file or every image under a folder.
 
     Returns:
-        ``(records, names)``: `retinanet.data.Record`s and the paths relative to ``images``.
+        `(records, names)`: `retinanet.data.Record`s and the paths relative to `images`.
 
     Raises:
-        ValueError: naming ``--images`` when there is nothing to read or a file is not an image.
+        ValueError: naming `--images` when there is nothing to read or a file is not an image.
     """
     from retinanet.data import Record
     from retinanet.data.validation import IMAGE_EXTENSIONS, ImageProblem, list_images, \
@@ -62,10 +62,10 @@ def coco_result(image_id, file_name, box, score, class_index, class_names, categ
 
 def predict_images(model, batches, records, names, output, class_names, category_ids=None,
                    score_threshold=None, verbose=1):
-    """Runs ``model`` over evaluation ``batches`` of ``records``; writes the results.
+    """Runs `model` over evaluation `batches` of `records`; writes the results.
 
-    Writes ``output/detections.json`` (COCO results) and one annotated copy per image
-    (``output/<name>``, JPEG for JPEG inputs, PNG otherwise).
+    Writes `output/detections.json` (COCO results) and one annotated copy per image
+    (`output/<name>`, JPEG for JPEG inputs, PNG otherwise).
 
     Args:
         model: a `retinanet.RetinaNet`.
@@ -78,7 +78,7 @@ def predict_images(model, batches, records, names, output, class_names, category
         verbose: progress bar (0 silent, 1 bar, 2 one line at the end).
 
     Returns:
-        ``(path of detections.json, number of detections, number of images)``.
+        `(path of detections.json, number of detections, number of images)`.
     """
     import keras
     import tensorflow as tf

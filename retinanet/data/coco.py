@@ -71,21 +71,21 @@ def from_coco(annotation_file: str, image_dir: str, *, skip_invalid: bool = Fals
     """Reads a COCO instances JSON file (e.g. instances_val2017.json).
 
     Args:
-      annotation_file: the JSON file with "images", "annotations" and "categories".
-      image_dir: folder that the images' "file_name" values are relative to.
-      skip_invalid: skip and count invalid images and boxes instead of raising ValueError.
-      check_images: "header", "decode" or "none" (trust the JSON width/height).
-      max_image_pixels: int or None; images whose header (or, with check_images="none",
-        the JSON) claims more pixels are refused before any decode (decompression bombs).
+        annotation_file: the JSON file with "images", "annotations" and "categories".
+        image_dir: folder that the images' "file_name" values are relative to.
+        skip_invalid: skip and count invalid images and boxes instead of raising ValueError.
+        check_images: "header", "decode" or "none" (trust the JSON width/height).
+        max_image_pixels: int or None; images whose header (or, with check_images="none",
+            the JSON) claims more pixels are refused before any decode (decompression bombs).
 
     Returns:
-      DetectionDataset with class_names from the categories sorted by id, category_ids the
-      COCO ids, image_id the COCO image id as a string, is_crowd from "iscrowd". Images
-      without annotations are kept (no boxes).
+        DetectionDataset with class_names from the categories sorted by id, category_ids the
+        COCO ids, image_id the COCO image id as a string, is_crowd from "iscrowd". Images
+        without annotations are kept (no boxes).
     Raises:
-      ValueError naming the file: bad JSON structure (or nesting too deep to parse), a
-      missing, corrupt or too large image, two images with one id, an annotation naming an
-      unknown image id or category, w or h <= 0, a box outside the image, an empty dataset.
+        ValueError naming the file: bad JSON structure (or nesting too deep to parse), a
+        missing, corrupt or too large image, two images with one id, an annotation naming an
+        unknown image id or category, w or h <= 0, a box outside the image, an empty dataset.
     """
     check_images = validate_check_images(check_images)
     max_image_pixels = validate_max_image_pixels(max_image_pixels)

@@ -93,26 +93,26 @@ def from_csv(csv_file: str, image_dir: str | None = None, *, class_names=None,
     """Reads a CSV file with one box per row.
 
     Args:
-      csv_file: the CSV file; its header names the columns (see COLUMN_ALIASES), e.g.
-        filename,width,height,class,xmin,ymin,xmax,ymax.
-      image_dir: folder the file names are relative to; default the CSV file's folder.
-      class_names: list of str fixing the class ids; default the sorted names found. Pass it
-        to keep ids the same across train and test files.
-      one_based: coordinates are VOC-style 1-based inclusive pixel indices (default);
-        False for continuous 0-based xyxy.
-      skip_invalid: skip and count invalid images and boxes instead of raising ValueError.
-      check_images: "header", "decode" or "none" (trust the width/height columns).
-      max_image_pixels: int or None; images whose header (or, with check_images="none",
-        the width/height columns) claims more pixels are refused before any decode.
+        csv_file: the CSV file; its header names the columns (see COLUMN_ALIASES), e.g.
+            filename,width,height,class,xmin,ymin,xmax,ymax.
+        image_dir: folder the file names are relative to; default the CSV file's folder.
+        class_names: list of str fixing the class ids; default the sorted names found. Pass it
+            to keep ids the same across train and test files.
+        one_based: coordinates are VOC-style 1-based inclusive pixel indices (default);
+            False for continuous 0-based xyxy.
+        skip_invalid: skip and count invalid images and boxes instead of raising ValueError.
+        check_images: "header", "decode" or "none" (trust the width/height columns).
+        max_image_pixels: int or None; images whose header (or, with check_images="none",
+            the width/height columns) claims more pixels are refused before any decode.
 
     Returns:
-      DetectionDataset; images in order of first appearance, image_id the file name without
-      extension.
+        DetectionDataset; images in order of first appearance, image_id the file name without
+        extension.
     Raises:
-      ValueError naming the CSV file and line: missing columns, malformed CSV (an unbalanced
-      quote, a field over 131,072 characters), a missing, corrupt or too large image, an
-      invalid class name (control characters, over 256 characters), an unknown class,
-      x2 <= x1 or y2 <= y1, a box outside the image, an empty dataset.
+        ValueError naming the CSV file and line: missing columns, malformed CSV (an unbalanced
+        quote, a field over 131,072 characters), a missing, corrupt or too large image, an
+        invalid class name (control characters, over 256 characters), an unknown class,
+        x2 <= x1 or y2 <= y1, a box outside the image, an empty dataset.
     """
     check_images = validate_check_images(check_images)
     max_image_pixels = validate_max_image_pixels(max_image_pixels)

@@ -55,8 +55,8 @@ def validate_class_names(class_names, argument: str = "class_names") -> list:
     """Returns class_names as a list of unique valid names (see `class_name_problem`).
 
     Raises:
-      ValueError naming `argument`: not a list, empty, over MAX_CLASSES names, an invalid
-      name, duplicates.
+        ValueError naming `argument`: not a list, empty, over MAX_CLASSES names, an invalid
+        name, duplicates.
     """
     if isinstance(class_names, (str, bytes)) or not isinstance(class_names, Sequence):
         raise ValueError(f"{argument} must be a list of str, got {type(class_names).__name__}")
@@ -84,26 +84,26 @@ class DetectionDataset:
     `retinanet.data.pipeline` turns it into batches.
 
     Attributes:
-      class_names: list of str; class id i is class_names[i].
-      category_ids: list of int or None; the dataset's own id of each class (COCO category
-        ids), so evaluation can report them. None where the format has no such ids.
-      records: list of Record, the parsed annotations (boxes xyxy in absolute pixels), usable
-        without decoding any image. For TFDS datasets it is built lazily by one pass over the
-        split's annotations (images are not decoded, only their headers parsed).
-      skipped: {"images": {problem: n}, "boxes": {problem: n}}, what skip_invalid skipped.
-      clipped: int, boxes the reader clipped to their image because they reached more than
-        `validation.CLIP_TOLERANCE` pixels outside it (kept, not in `skipped`).
-      examples: tf.data.Dataset of the per-image dicts above, in records order.
+        class_names: list of str; class id i is class_names[i].
+        category_ids: list of int or None; the dataset's own id of each class (COCO category
+            ids), so evaluation can report them. None where the format has no such ids.
+        records: list of Record, the parsed annotations (boxes xyxy in absolute pixels), usable
+            without decoding any image. For TFDS datasets it is built lazily by one pass over the
+            split's annotations (images are not decoded, only their headers parsed).
+        skipped: {"images": {problem: n}, "boxes": {problem: n}}, what skip_invalid skipped.
+        clipped: int, boxes the reader clipped to their image because they reached more than
+            `validation.CLIP_TOLERANCE` pixels outside it (kept, not in `skipped`).
+        examples: tf.data.Dataset of the per-image dicts above, in records order.
 
     Args:
-      class_names: list of str.
-      records: list of Record with `path` set, or with `images` given.
-      images: optional uint8 array [len(records), H, W, 3] of in-memory images (the
-        generated shapes set); when given, records' paths are ignored.
-      category_ids: optional list of int, one per class.
-      name: str for messages and repr.
-      skipped: the reader's skip counts.
-      clipped: the reader's count of clipped boxes.
+        class_names: list of str.
+        records: list of Record with `path` set, or with `images` given.
+        images: optional uint8 array [len(records), H, W, 3] of in-memory images (the
+            generated shapes set); when given, records' paths are ignored.
+        category_ids: optional list of int, one per class.
+        name: str for messages and repr.
+        skipped: the reader's skip counts.
+        clipped: the reader's count of clipped boxes.
     """
 
     def __init__(self, class_names, records, *, images=None, category_ids=None,
@@ -149,10 +149,10 @@ class DetectionDataset:
         """A dataset whose annotations stream from tf.data (TFDS), not from Python records.
 
         Args:
-          source: tf.data of light elements (encoded image bytes and annotations).
-          decode: maps a source element to an example dict.
-          length: number of images.
-          records_fn: builds the Record list on first access of `.records`.
+            source: tf.data of light elements (encoded image bytes and annotations).
+            decode: maps a source element to an example dict.
+            length: number of images.
+            records_fn: builds the Record list on first access of `.records`.
         """
         self = cls.__new__(cls)
         self.class_names = validate_class_names(class_names)

@@ -9,11 +9,11 @@ header first, and refused before any decode when its pixel count is over
 - `read_image_size(path)`: (height, width) of a JPEG, PNG, GIF, BMP or WebP file, parsed
   from its first bytes (JPEG: its markers up to the frame header), in Python;
 - `encoded_image_size(image_bytes)`: the same in a TensorFlow graph, for tf.data and the
-  SavedModel's ``serving_bytes`` signature, where the bytes arrive as a string tensor;
+  SavedModel's `serving_bytes` signature, where the bytes arrive as a string tensor;
 - `check_image_pixels` and `decode_image_within_limit` apply the cap.
 
 The sizes are those `tf.io.decode_image(..., expand_animations=False)` produces: GIF the
-logical screen, BMP ``abs(height)`` (bottom-up files store it negative), WebP the canvas.
+logical screen, BMP `abs(height)` (bottom-up files store it negative), WebP the canvas.
 """
 
 from __future__ import annotations
@@ -190,7 +190,7 @@ def encoded_image_size(image_bytes):
     """The (height, width) that an encoded image's header claims, as a TensorFlow op.
 
     The graph counterpart of `read_image_size`, for images that arrive as bytes (tf.data
-    after `tf.io.read_file`, the SavedModel's ``serving_bytes``): JPEG through
+    after `tf.io.read_file`, the SavedModel's `serving_bytes`): JPEG through
     `tf.image.extract_jpeg_shape` (libjpeg reads the markers, not the scan), PNG (IHDR),
     GIF (logical screen), BMP and WebP (VP8, VP8L, VP8X) from the first 32 bytes with
     string ops. Nothing is decoded, so it is cheap on any input. The formats and their

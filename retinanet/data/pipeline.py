@@ -1,11 +1,11 @@
 """Training and evaluation batches from a DetectionDataset (see docs/CONTRACTS.md).
 
 Per image: decode, resize keeping the aspect ratio and pad bottom/right (so box coordinates
-are unchanged) with the one rule of `retinanet.preprocess` (``image_size``: None, S or
-(min_side, max_side); canvases rounded up to ``size_multiple``); in training also scale
+are unchanged) with the one rule of `retinanet.preprocess` (`image_size`: None, S or
+(min_side, max_side); canvases rounded up to `size_multiple`); in training also scale
 jitter, a random crop and a random horizontal flip. Then batch, with boxes padded to
-``max_boxes`` with -1 and images of different canvases padded to the batch's largest. Eval
-boxes divided by the targets' ``scale`` give back the original boxes exactly.
+`max_boxes` with -1 and images of different canvases padded to the batch's largest. Eval
+boxes divided by the targets' `scale` give back the original boxes exactly.
 
 Training: scale *= uniform(scale_range); if the result exceeds the canvas, a random crop of
 the canvas size is taken (boxes shifted, clipped, and dropped when nothing of them is left);
@@ -93,7 +93,7 @@ def train_transform(example, random_seed, image_size, max_boxes, scale_range,
     """One example dict -> (image float32 [Hc, Wc, 3], {"boxes", "classes"}) for training.
 
     Args:
-      random_seed: int64 scalar; every random number for this image derives from it.
+        random_seed: int64 scalar; every random number for this image derives from it.
     """
     seeds = tf.random.experimental.stateless_split(
         tf.stack([random_seed, tf.constant(0, tf.int64)]), num=3)
@@ -147,35 +147,35 @@ def pipeline(dataset, mode: str = "train", batch_size: int = 8, image_size=None,
     """Batches of (images, targets) as in docs/CONTRACTS.md.
 
     Args:
-      dataset: a DetectionDataset, or a tf.data.Dataset of example dicts.
-      mode: "train" (shuffle, scale jitter, crop, flip, crowd boxes dropped) or "eval"
-        (resize and pad only; targets keep image_id, scale, original_size, is_crowd,
-        difficult).
-      batch_size: images per batch.
-      image_size: the resize rule of `retinanet.preprocess`: None (native size), int S
-        (S x S canvas), or (min_side, max_side).
-      max_boxes: M, boxes per image after padding; an image with more fails with an error
-        naming it.
-      size_multiple: canvases are rounded up to multiples of it; the model's
-        `anchor_generator.stride_multiple` (128 for the default levels P3-P7).
-      horizontal_flip: random horizontal flip in training.
-      scale_range: (low, high) of the training scale jitter; (1, 1) turns it off.
-      seed: int seeding shuffle and augmentation.
-      deterministic: keep element order fixed; in training it needs a seed, and then the
-        same seed gives the same batches. False lets parallel maps return elements out of
-        order, which is faster. Default: False for train, True for eval (records order).
-      cache: False, True (in memory) or a file path prefix. Training caches decoded images
-        (before augmentation); evaluation caches the resized, padded images.
-      shuffle_buffer: training shuffle buffer; default the whole dataset where the readers
-        shuffle file names or indices before decoding (files, shapes; no cache), else 1024
-        examples (cached decoded images, TFDS's encoded images, a tf.data input).
-      drop_remainder: default True for train (static batch size), False for eval.
+        dataset: a DetectionDataset, or a tf.data.Dataset of example dicts.
+        mode: "train" (shuffle, scale jitter, crop, flip, crowd boxes dropped) or "eval"
+            (resize and pad only; targets keep image_id, scale, original_size, is_crowd,
+            difficult).
+        batch_size: images per batch.
+        image_size: the resize rule of `retinanet.preprocess`: None (native size), int S
+            (S x S canvas), or (min_side, max_side).
+        max_boxes: M, boxes per image after padding; an image with more fails with an error
+            naming it.
+        size_multiple: canvases are rounded up to multiples of it; the model's
+            `anchor_generator.stride_multiple` (128 for the default levels P3-P7).
+        horizontal_flip: random horizontal flip in training.
+        scale_range: (low, high) of the training scale jitter; (1, 1) turns it off.
+        seed: int seeding shuffle and augmentation.
+        deterministic: keep element order fixed; in training it needs a seed, and then the
+            same seed gives the same batches. False lets parallel maps return elements out of
+            order, which is faster. Default: False for train, True for eval (records order).
+        cache: False, True (in memory) or a file path prefix. Training caches decoded images
+            (before augmentation); evaluation caches the resized, padded images.
+        shuffle_buffer: training shuffle buffer; default the whole dataset where the readers
+            shuffle file names or indices before decoding (files, shapes; no cache), else 1024
+            examples (cached decoded images, TFDS's encoded images, a tf.data input).
+        drop_remainder: default True for train (static batch size), False for eval.
 
     Returns:
-      tf.data.Dataset of (images float32 [B, H, W, 3] 0-255 with H, W multiples of size_multiple,
-      targets {"boxes" float32 [B, M, 4] xyxy padded with -1, "classes" int32 [B, M] padded
-      with -1, and in eval "image_id" string [B], "scale" float32 [B], "original_size" int32
-      [B, 2] (height, width), "is_crowd", "difficult" bool [B, M] padded with False}).
+        tf.data.Dataset of (images float32 [B, H, W, 3] 0-255 with H, W multiples of size_multiple,
+        targets {"boxes" float32 [B, M, 4] xyxy padded with -1, "classes" int32 [B, M] padded
+        with -1, and in eval "image_id" string [B], "scale" float32 [B], "original_size" int32
+        [B, 2] (height, width), "is_crowd", "difficult" bool [B, M] padded with False}).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")

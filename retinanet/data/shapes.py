@@ -179,21 +179,21 @@ def shapes(num_images: int = 500, image_size=256, seed: int = 0, *, max_objects:
     """The built-in synthetic detection dataset (nothing is downloaded).
 
     Args:
-      num_images: int > 0.
-      image_size: int (square) or (height, width), at least 32 px.
-      seed: int; the same seed gives the same images and boxes.
-      max_objects: each image has a uniform 0..max_objects shapes (fewer where placement
-        fails 20 times).
-      min_size, max_size: shape size range in px (the longer side of its box), drawn
-        log-uniformly; max_size defaults to half the shorter image side.
-      classes: subset of SHAPE_CLASSES, in the order that defines the class ids.
-      background: "textured" (gradient, smooth noise, sometimes stripes, pixel noise) or
-        "flat" (one colour, no noise; for tests).
+        num_images: int > 0.
+        image_size: int (square) or (height, width), at least 32 px.
+        seed: int; the same seed gives the same images and boxes.
+        max_objects: each image has a uniform 0..max_objects shapes (fewer where placement
+            fails 20 times).
+        min_size, max_size: shape size range in px (the longer side of its box), drawn
+            log-uniformly; max_size defaults to half the shorter image side.
+        classes: subset of SHAPE_CLASSES, in the order that defines the class ids.
+        background: "textured" (gradient, smooth noise, sometimes stripes, pixel noise) or
+            "flat" (one colour, no noise; for tests).
 
     Returns:
-      DetectionDataset with class_names == list(classes), images held in memory
-      (num_images * height * width * 3 bytes), image_id str(index), boxes the tight boxes of
-      the drawn shapes (see the module docstring).
+        DetectionDataset with class_names == list(classes), images held in memory
+        (num_images * height * width * 3 bytes), image_id str(index), boxes the tight boxes of
+        the drawn shapes (see the module docstring).
     """
     if isinstance(num_images, bool) or not isinstance(num_images, (int, np.integer)) or \
             num_images < 1:

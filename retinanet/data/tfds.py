@@ -98,16 +98,16 @@ def from_tfds(name: str, split: str, data_dir: str | None = None, *,
     """Loads a TFDS detection dataset, e.g. "coco/2017", "voc/2007", "voc/2012".
 
     Args:
-      name: TFDS name, with optional version/config ("coco/2017", "voc/2012").
-      split: TFDS split, e.g. "train", "validation", "test", "train[:10%]".
-      data_dir: TFDS data folder; None for TFDS's default.
-      skip_invalid: drop and count zero-area boxes instead of failing (see module docstring).
-      download: run download_and_prepare first. False by default: nothing downloads unless
-        asked, and a missing dataset raises ValueError.
+        name: TFDS name, with optional version/config ("coco/2017", "voc/2012").
+        split: TFDS split, e.g. "train", "validation", "test", "train[:10%]".
+        data_dir: TFDS data folder; None for TFDS's default.
+        skip_invalid: drop and count zero-area boxes instead of failing (see module docstring).
+        download: run download_and_prepare first. False by default: nothing downloads unless
+            asked, and a missing dataset raises ValueError.
 
     Returns:
-      DetectionDataset; class_names from the "objects/label" feature, category_ids the COCO
-      ids for coco/*, image_id "image/id" (COCO) or the file name without extension (VOC).
+        DetectionDataset; class_names from the "objects/label" feature, category_ids the COCO
+        ids for coco/*, image_id "image/id" (COCO) or the file name without extension (VOC).
     """
     import tensorflow_datasets as tfds
 

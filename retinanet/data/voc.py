@@ -73,24 +73,24 @@ def from_voc(root: str, split: str | None = None, *, class_names=None,
     """Reads Pascal VOC XML annotations.
 
     Args:
-      root: a VOC devkit year folder (Annotations/, JPEGImages/, ImageSets/Main/) or a flat
-        folder with annotations/*.xml and images/.
-      split: None for every XML file, or a name whose ImageSets/Main/<split>.txt lists the ids.
-      class_names: list of str fixing the class ids; objects with other names are invalid.
-        Default: the 20 VOC classes when every name found is one of them, else the sorted
-        names found. Pass it explicitly to keep ids the same across splits.
-      skip_invalid: skip and count invalid images and boxes instead of raising ValueError.
-      check_images: "header", "decode" or "none" (trust the XML <size>), see validation.py.
-      max_image_pixels: int or None; images whose header (or, with check_images="none",
-        the XML <size>) claims more pixels are refused before any decode.
+        root: a VOC devkit year folder (Annotations/, JPEGImages/, ImageSets/Main/) or a flat
+            folder with annotations/*.xml and images/.
+        split: None for every XML file, or a name whose ImageSets/Main/<split>.txt lists the ids.
+        class_names: list of str fixing the class ids; objects with other names are invalid.
+            Default: the 20 VOC classes when every name found is one of them, else the sorted
+            names found. Pass it explicitly to keep ids the same across splits.
+        skip_invalid: skip and count invalid images and boxes instead of raising ValueError.
+        check_images: "header", "decode" or "none" (trust the XML <size>), see validation.py.
+        max_image_pixels: int or None; images whose header (or, with check_images="none",
+            the XML <size>) claims more pixels are refused before any decode.
 
     Returns:
-      DetectionDataset; boxes are continuous xyxy (x1 = xmin - 1, y1 = ymin - 1, x2 = xmax,
-      y2 = ymax), `difficult` from <difficult>, image_id the XML file name without ".xml".
+        DetectionDataset; boxes are continuous xyxy (x1 = xmin - 1, y1 = ymin - 1, x2 = xmax,
+        y2 = ymax), `difficult` from <difficult>, image_id the XML file name without ".xml".
     Raises:
-      ValueError naming the file: a missing, corrupt or too large image, an XML naming a
-      missing image, an invalid class name, an unknown class, x2 <= x1 or y2 <= y1, a box
-      outside the image, an empty dataset. Boxes in messages quote the XML's own values.
+        ValueError naming the file: a missing, corrupt or too large image, an XML naming a
+        missing image, an invalid class name, an unknown class, x2 <= x1 or y2 <= y1, a box
+        outside the image, an empty dataset. Boxes in messages quote the XML's own values.
     """
     check_images = validate_check_images(check_images)
     max_image_pixels = validate_max_image_pixels(max_image_pixels)

@@ -175,23 +175,23 @@ def from_yolo(root: str, class_names=None, *, split: str | None = None,
     """Reads a YOLO txt dataset.
 
     Args:
-      root: folder with images/ and labels/ (and classes.txt or data.yaml).
-      class_names: list of str; default from root/classes.txt (one name per line) or the
-        `names:` of root/data.yaml (list or {id: name} mapping).
-      split: optional subfolder, i.e. images/<split>/ and labels/<split>/.
-      skip_invalid: skip and count invalid images and boxes instead of raising ValueError.
-      check_images: "header" or "decode" (see validation.py); the size always comes from
-        the image itself.
-      max_image_pixels: int or None; images whose header claims more pixels are refused
-        before any decode (decompression bombs).
+        root: folder with images/ and labels/ (and classes.txt or data.yaml).
+        class_names: list of str; default from root/classes.txt (one name per line) or the
+            `names:` of root/data.yaml (list or {id: name} mapping).
+        split: optional subfolder, i.e. images/<split>/ and labels/<split>/.
+        skip_invalid: skip and count invalid images and boxes instead of raising ValueError.
+        check_images: "header" or "decode" (see validation.py); the size always comes from
+            the image itself.
+        max_image_pixels: int or None; images whose header claims more pixels are refused
+            before any decode (decompression bombs).
 
     Returns:
-      DetectionDataset, image_id the image path under images/ without extension.
+        DetectionDataset, image_id the image path under images/ without extension.
     Raises:
-      ValueError naming the file: a label file without its image, a missing, corrupt or too
-      large image, a malformed line, an unknown class id, w or h <= 0, a box outside the
-      image, an empty dataset, no class names or invalid ones (a data.yaml alias bomb,
-      control characters, over 256 characters).
+        ValueError naming the file: a label file without its image, a missing, corrupt or too
+        large image, a malformed line, an unknown class id, w or h <= 0, a box outside the
+        image, an empty dataset, no class names or invalid ones (a data.yaml alias bomb,
+        control characters, over 256 characters).
     """
     max_image_pixels = validate_max_image_pixels(max_image_pixels)
     if validate_check_images(check_images) == "none":

@@ -81,14 +81,14 @@ def tide_ap(scores, is_tp, num_gt: int) -> float:
     """One class's AP with TIDE's 101-point interpolation.
 
     Args:
-      scores: float [K] detection scores.
-      is_tp: bool [K].
-      num_gt: number of ground truths of the class.
+        scores: float [K] detection scores.
+        is_tp: bool [K].
+        num_gt: number of ground truths of the class.
 
     Returns:
-      AP in [0, 1]: the mean over recall points k/100 (k = 0..100) of the precision envelope at the
-      first ranked detection (by decreasing score, stable) whose recall reaches the point, 0 where
-      none does; 0 when `num_gt` is 0.
+        AP in [0, 1]: the mean over recall points k/100 (k = 0..100) of the precision
+        envelope at the first ranked detection (by decreasing score, stable) whose recall
+        reaches the point, 0 where none does; 0 when `num_gt` is 0.
     """
     if num_gt <= 0:
         return 0.0
@@ -189,13 +189,13 @@ def match_tide(records, iou_threshold: float = 0.5, background_threshold: float 
     """Runs TIDE's per-image matching and error assignment (module docstring) over `ImageRecord`s.
 
     Args:
-      records: list of `ImageRecord` (boxes xyxy absolute pixels).
-      iou_threshold: foreground IoU (TIDE's `pos_threshold`).
-      background_threshold: background IoU (TIDE's `background_threshold`).
-      max_detections: detections kept per image, by score.
+        records: list of `ImageRecord` (boxes xyxy absolute pixels).
+        iou_threshold: foreground IoU (TIDE's `pos_threshold`).
+        background_threshold: background IoU (TIDE's `background_threshold`).
+        max_detections: detections kept per image, by score.
 
     Returns:
-      A `TideMatches`.
+        A `TideMatches`.
     """
     pos, bg = float(iou_threshold), float(background_threshold)
     det_columns = {name: [] for name in ("record", "index", "class", "score", "state", "error",
@@ -302,12 +302,12 @@ def tide_errors(matches: TideMatches) -> dict:
     """TIDE's base AP, dAP of every main and special error, and error counts.
 
     Args:
-      matches: from `match_tide`.
+        matches: from `match_tide`.
 
     Returns:
-      {"ap50": float, "main": {type: dAP}, "special": {"false_positives": dAP,
-      "false_negatives": dAP}, "counts": {type: int}, "num_ignored": int}; AP and dAP on the 0-1
-      scale (TIDE prints 100 times these). Main dAPs are clipped at 0, special ones are not.
+        {"ap50": float, "main": {type: dAP}, "special": {"false_positives": dAP,
+        "false_negatives": dAP}, "counts": {type: int}, "num_ignored": int}; AP and dAP on the 0-1
+        scale (TIDE prints 100 times these). Main dAPs are clipped at 0, special ones are not.
     """
     m = matches
     pushed = m.det_state != _IGNORED
@@ -360,17 +360,17 @@ def best_f1(precision, recall, scores, num_gt: int) -> dict:
     """The operating point of best F1 on a ranked precision/recall curve.
 
     Args:
-      precision: float [K], cumulative precision after each ranked detection.
-      recall: float [K], cumulative recall.
-      scores: float [K], non-increasing scores of the ranked detections.
-      num_gt: number of ground truths.
+        precision: float [K], cumulative precision after each ranked detection.
+        recall: float [K], cumulative recall.
+        scores: float [K], non-increasing scores of the ranked detections.
+        num_gt: number of ground truths.
 
     Returns:
-      {"precision", "recall", "f1", "threshold", "tp", "fp", "num_gt"} at the threshold (a score:
-      keep detections with score >= it) of highest F1, cutting only between distinct scores, the
-      highest threshold on ties. Without ground truth every value but `num_gt` is None; with no
-      true positive at all: threshold None, precision 0 (None without detections), recall and
-      F1 0, tp 0, fp 0.
+        {"precision", "recall", "f1", "threshold", "tp", "fp", "num_gt"} at the threshold (a score:
+        keep detections with score >= it) of highest F1, cutting only between distinct scores, the
+        highest threshold on ties. Without ground truth every value but `num_gt` is None; with no
+        true positive at all: threshold None, precision 0 (None without detections), recall and
+        F1 0, tp 0, fp 0.
     """
     precision = np.asarray(precision, np.float64).reshape(-1)
     recall = np.asarray(recall, np.float64).reshape(-1)
@@ -403,15 +403,15 @@ def confusion_matrix(records, class_indices, score_thresholds, iou_threshold: fl
     """Class confusion counts with a background row and column (matching in the module docstring).
 
     Args:
-      records: list of `ImageRecord` (boxes xyxy absolute pixels).
-      class_indices: the C classes (0-based ints) of the rows/columns, in order.
-      score_thresholds: float [C], a detection of `class_indices[i]` counts when its score is >=
-        `score_thresholds[i]`.
-      iou_threshold: a detection and a ground truth pair up at IoU >= this.
+        records: list of `ImageRecord` (boxes xyxy absolute pixels).
+        class_indices: the C classes (0-based ints) of the rows/columns, in order.
+        score_thresholds: float [C], a detection of `class_indices[i]` counts when its score is >=
+            `score_thresholds[i]`.
+        iou_threshold: a detection and a ground truth pair up at IoU >= this.
 
     Returns:
-      int64 [C + 1, C + 1]: rows ground-truth class (last: background = false positives on
-      nothing), columns predicted class (last: background = missed ground truths).
+        int64 [C + 1, C + 1]: rows ground-truth class (last: background = false positives on
+        nothing), columns predicted class (last: background = missed ground truths).
     """
     class_indices = [int(c) for c in class_indices]
     position = {c: i for i, c in enumerate(class_indices)}
@@ -470,15 +470,15 @@ class ErrorAnalyzer(ImageAccumulator):
     """TIDE errors, a confusion matrix, best-F1 points and the worst errors (module docstring).
 
     Args:
-      class_names: optional names, index = 0-based class; fixes the number of classes.
-      score_threshold: the confusion matrix's score threshold: None (each class's best-F1
-        threshold, `fallback_threshold` where it has none), one float for all classes, or a
-        sequence of one float per class (in `class_names` order; needs `class_names`).
-      max_worst: how many false positives and missed ground truths to list in `worst`.
-      iou_threshold: foreground IoU (TIDE, confusion matrix, best F1).
-      background_threshold: TIDE's background IoU.
-      max_detections: detections kept per image for TIDE (by score).
-      fallback_threshold: the confusion threshold of a class without a best-F1 threshold.
+        class_names: optional names, index = 0-based class; fixes the number of classes.
+        score_threshold: the confusion matrix's score threshold: None (each class's best-F1
+            threshold, `fallback_threshold` where it has none), one float for all classes, or a
+            sequence of one float per class (in `class_names` order; needs `class_names`).
+        max_worst: how many false positives and missed ground truths to list in `worst`.
+        iou_threshold: foreground IoU (TIDE, confusion matrix, best F1).
+        background_threshold: TIDE's background IoU.
+        max_detections: detections kept per image for TIDE (by score).
+        fallback_threshold: the confusion threshold of a class without a best-F1 threshold.
 
     `result()` returns (no NaN anywhere: None where undefined):
 
@@ -655,8 +655,8 @@ def format_analysis(result: dict, class_names=None) -> str:
     """A markdown report: TIDE errors, per-class best-F1 points and the confusion matrix.
 
     Args:
-      result: `ErrorAnalyzer.result()`.
-      class_names: optional names replacing the result's class labels (same number).
+        result: `ErrorAnalyzer.result()`.
+        class_names: optional names replacing the result's class labels (same number).
     """
     labels = _labels(result, class_names)
     tide = result["tide"]
@@ -702,12 +702,12 @@ def plot_confusion_matrix(result: dict, path: str, class_names=None) -> str:
     Uses matplotlib's `Figure` directly (no pyplot, no global backend change).
 
     Args:
-      result: `ErrorAnalyzer.result()`.
-      path: the PNG to write (its folder must exist).
-      class_names: optional names replacing the result's class labels.
+        result: `ErrorAnalyzer.result()`.
+        path: the PNG to write (its folder must exist).
+        class_names: optional names replacing the result's class labels.
 
     Returns:
-      `path`.
+        `path`.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -745,13 +745,13 @@ def write_analysis(result: dict, output_dir: str, class_names=None) -> dict:
     """Writes `analysis.md`, `analysis.json`, `confusion_matrix.csv` and `confusion_matrix.png`.
 
     Args:
-      result: `ErrorAnalyzer.result()`.
-      output_dir: created when missing.
-      class_names: optional names replacing the result's class labels (same number).
+        result: `ErrorAnalyzer.result()`.
+        output_dir: created when missing.
+        class_names: optional names replacing the result's class labels (same number).
 
     Returns:
-      {"markdown", "json", "csv", "png"} -> file paths. The JSON is strict (None for undefined
-      values, never NaN).
+        {"markdown", "json", "csv", "png"} -> file paths. The JSON is strict (None for undefined
+        values, never NaN).
     """
     labels = _labels(result, class_names)
     os.makedirs(output_dir, exist_ok=True)
@@ -786,14 +786,14 @@ def plot_error_gallery(images_by_id: dict, worst: dict, path: str, class_names=N
     truth their error refers to (blue); missed ground truths are amber.
 
     Args:
-      images_by_id: {image_id: uint8 [H, W, 3] RGB}, in the pixels the boxes are in.
-      worst: `result()["worst"]`.
-      path: the PNG to write.
-      class_names: optional names for the labels (default: the entries' `class_name`).
-      columns: tiles per row.
+        images_by_id: {image_id: uint8 [H, W, 3] RGB}, in the pixels the boxes are in.
+        worst: `result()["worst"]`.
+        path: the PNG to write.
+        class_names: optional names for the labels (default: the entries' `class_name`).
+        columns: tiles per row.
 
     Returns:
-      `path`, or None when none of the entries' images is in `images_by_id` (no file written).
+        `path`, or None when none of the entries' images is in `images_by_id` (no file written).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

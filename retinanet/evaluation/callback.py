@@ -24,18 +24,19 @@ class EvaluationCallback(keras.callbacks.Callback):
     shorter than the number of epochs, and ModelCheckpoint warns and skips that epoch).
 
     Args:
-      dataset: finite evaluation dataset of `(images, targets)` batches (docs/CONTRACTS.md).
-      every_n_epochs: evaluate after epochs n, 2n, ... (1-based).
-      class_names: optional class names.
-      prefix: prepended to every log key.
-      per_class_logs: also log per-class AP.
-      report_dir: when set, `write_report` goes to `report_dir/epoch_<NNN>/` after each evaluation.
-      verbose: progress bar of the evaluation (0 silent, 1 bar, 2 one line).
-      **evaluate_kwargs: more arguments for `evaluate` (`category_ids`, `coco`, `voc`,
-        `voc_iou_threshold`, `voc_method`, `steps`).
+        dataset: finite evaluation dataset of `(images, targets)` batches (docs/CONTRACTS.md).
+        every_n_epochs: evaluate after epochs n, 2n, ... (1-based).
+        class_names: optional class names.
+        prefix: prepended to every log key.
+        per_class_logs: also log per-class AP.
+        report_dir: when set, `write_report` goes to `report_dir/epoch_<NNN>/` after each
+            evaluation.
+        verbose: progress bar of the evaluation (0 silent, 1 bar, 2 one line).
+        **evaluate_kwargs: more arguments for `evaluate` (`category_ids`, `coco`, `voc`,
+            `voc_iou_threshold`, `voc_method`, `steps`).
 
     Attributes:
-      last_results: the full `evaluate` result of the latest evaluation (None before).
+        last_results: the full `evaluate` result of the latest evaluation (None before).
     """
 
     def __init__(

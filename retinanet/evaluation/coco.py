@@ -40,11 +40,11 @@ class COCOEvaluator(ImageAccumulator):
     """Accumulates images, then evaluates them with pycocotools' `COCOeval` (bbox).
 
     Args:
-      class_names: optional list of class names, index = 0-based class. Fixes the number of
-        classes (out-of-range classes in `update` raise) and names the `per_class` entries.
-      category_ids: optional list, `category_ids[class]` = the dataset's category id (e.g. the 80
-        COCO classes map to ids 1..90 with gaps). Default: `class + 1`.
-      verbose: let pycocotools print its progress and summary table.
+        class_names: optional list of class names, index = 0-based class. Fixes the number of
+            classes (out-of-range classes in `update` raise) and names the `per_class` entries.
+        category_ids: optional list, `category_ids[class]` = the dataset's category id (e.g. the 80
+            COCO classes map to ids 1..90 with gaps). Default: `class + 1`.
+        verbose: let pycocotools print its progress and summary table.
 
     `update(...)`: see `ImageAccumulator.update`; `gt_difficult` is accepted and ignored (COCO has
     no such notion), `gt_iscrowd` marks crowd regions.
@@ -87,10 +87,11 @@ class COCOEvaluator(ImageAccumulator):
         """The ground truth as a COCO dataset dict and the detections as a COCO results list.
 
         Returns:
-          (dataset, results): `dataset` has `info`, `licenses`, `images` ({"id", "file_name"}; the
-          file name is `str(image_id)`), `categories`, `annotations` ({"id", "image_id",
-          "category_id", "bbox": [x, y, w, h], "area": w*h, "iscrowd": 0/1}); `results` is a list of
-          {"image_id", "category_id", "bbox", "score"} as `COCO.loadRes` takes.
+            (dataset, results): `dataset` has `info`, `licenses`, `images` ({"id",
+            "file_name"}; the file name is `str(image_id)`), `categories`, `annotations`
+            ({"id", "image_id", "category_id", "bbox": [x, y, w, h], "area": w*h,
+            "iscrowd": 0/1}); `results` is a list of {"image_id", "category_id", "bbox",
+            "score"} as `COCO.loadRes` takes.
         """
         images, annotations, results = [], [], []
         for number, record in enumerate(self._records, start=1):

@@ -19,14 +19,14 @@ class ImageRecord:
     """One image's ground truth and detections, checked.
 
     Attributes:
-      image_id: the caller's id (str, int ...), bytes decoded to str.
-      gt_boxes: float64 [N, 4] xyxy pixels.
-      gt_classes: int64 [N], 0-based.
-      gt_iscrowd: bool [N].
-      gt_difficult: bool [N].
-      det_boxes: float64 [D, 4] xyxy pixels.
-      det_scores: float64 [D].
-      det_classes: int64 [D], 0-based.
+        image_id: the caller's id (str, int ...), bytes decoded to str.
+        gt_boxes: float64 [N, 4] xyxy pixels.
+        gt_classes: int64 [N], 0-based.
+        gt_iscrowd: bool [N].
+        gt_difficult: bool [N].
+        det_boxes: float64 [D, 4] xyxy pixels.
+        det_scores: float64 [D].
+        det_classes: int64 [D], 0-based.
     """
 
     image_id: Hashable
@@ -153,18 +153,18 @@ def check_image(
     """Validates one image's arguments to `update` and returns them as an `ImageRecord`.
 
     Args:
-      image_id: str, bytes, int, or a scalar array/tensor of those.
-      gt_boxes: [N, 4] xyxy absolute pixels (an empty array of any shape means no gt).
-      gt_classes: [N] 0-based ints.
-      det_boxes: [D, 4] xyxy absolute pixels.
-      det_scores: [D] finite floats.
-      det_classes: [D] 0-based ints.
-      gt_iscrowd, gt_difficult: optional bool [N].
-      num_classes: when known, classes must lie in [0, num_classes).
+        image_id: str, bytes, int, or a scalar array/tensor of those.
+        gt_boxes: [N, 4] xyxy absolute pixels (an empty array of any shape means no gt).
+        gt_classes: [N] 0-based ints.
+        det_boxes: [D, 4] xyxy absolute pixels.
+        det_scores: [D] finite floats.
+        det_classes: [D] 0-based ints.
+        gt_iscrowd, gt_difficult: optional bool [N].
+        num_classes: when known, classes must lie in [0, num_classes).
 
     Raises:
-      ValueError naming the image id: wrong shapes, mismatched lengths, NaN/inf values,
-      x2 < x1 or y2 < y1, negative or out-of-range classes.
+        ValueError naming the image id: wrong shapes, mismatched lengths, NaN/inf values,
+        x2 < x1 or y2 < y1, negative or out-of-range classes.
     """
     image_id = normalize_image_id(image_id)
     gt_boxes = _boxes(gt_boxes, "gt_boxes", image_id)
@@ -241,17 +241,17 @@ class ImageAccumulator:
         """Adds one image.
 
         Args:
-          image_id: str / bytes / int (or scalar tensor), unique across updates.
-          gt_boxes: float [N, 4] xyxy, absolute pixels of the original image.
-          gt_classes: int [N], 0-based.
-          det_boxes: float [D, 4] xyxy, absolute pixels of the original image.
-          det_scores: float [D].
-          det_classes: int [D], 0-based.
-          gt_iscrowd: optional bool [N] (COCO `iscrowd`).
-          gt_difficult: optional bool [N] (VOC `difficult`).
+            image_id: str / bytes / int (or scalar tensor), unique across updates.
+            gt_boxes: float [N, 4] xyxy, absolute pixels of the original image.
+            gt_classes: int [N], 0-based.
+            det_boxes: float [D, 4] xyxy, absolute pixels of the original image.
+            det_scores: float [D].
+            det_classes: int [D], 0-based.
+            gt_iscrowd: optional bool [N] (COCO `iscrowd`).
+            gt_difficult: optional bool [N] (VOC `difficult`).
 
         Raises:
-          ValueError naming the image id on malformed input or a repeated image id.
+            ValueError naming the image id on malformed input or a repeated image id.
         """
         record = check_image(
             image_id, gt_boxes, gt_classes, det_boxes, det_scores, det_classes,

@@ -32,12 +32,12 @@ def per_class_rows(results: dict) -> list[dict]:
     """One dict per class, merging the COCO and VOC per-class entries.
 
     Args:
-      results: `evaluate(...)` output, or a bare `COCOEvaluator`/`VOCEvaluator` result.
+        results: `evaluate(...)` output, or a bare `COCOEvaluator`/`VOCEvaluator` result.
 
     Returns:
-      Rows with "class" and, when COCO is present, `num_gt, num_detections, AP, AP50, AP75, APs,
-      APm, APl, AR100`; when VOC is present, `num_gt_voc, AP_voc, tp, fp` and the final
-      `precision`, `recall` (NaN without detections / ground truth).
+        Rows with "class" and, when COCO is present, `num_gt, num_detections, AP, AP50, AP75, APs,
+        APm, APl, AR100`; when VOC is present, `num_gt_voc, AP_voc, tp, fp` and the final
+        `precision`, `recall` (NaN without detections / ground truth).
     """
     coco, voc = _split(results)
     names = list((coco or {}).get("per_class", {}))
@@ -118,12 +118,12 @@ def plot_pr_curves(voc_result: dict, path: str, title: str | None = None) -> str
     Uses matplotlib's Agg canvas directly (no pyplot, no global backend change).
 
     Args:
-      voc_result: `VOCEvaluator.result()`.
-      path: the PNG file to write (its folder must exist).
-      title: optional figure title.
+        voc_result: `VOCEvaluator.result()`.
+        path: the PNG file to write (its folder must exist).
+        title: optional figure title.
 
     Returns:
-      `path`, or None when no class has ground truth (nothing to plot, no file written).
+        `path`, or None when no class has ground truth (nothing to plot, no file written).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -157,14 +157,14 @@ def write_report(results: dict, output_dir: str, print_table: bool = True) -> di
     """Writes `report.md`, `per_class.csv`, `metrics.json` and `pr_curves.png` to `output_dir`.
 
     Args:
-      results: `evaluate(...)` output, or a bare COCO or VOC result.
-      output_dir: created when missing.
-      print_table: also print the markdown report.
+        results: `evaluate(...)` output, or a bare COCO or VOC result.
+        output_dir: created when missing.
+        print_table: also print the markdown report.
 
     Returns:
-      {"markdown", "csv", "json", "pr_curves"} -> file paths (`pr_curves` is None without VOC
-      results or without any ground truth). `metrics.json` holds the full results, arrays as lists
-      and NaN as null.
+        {"markdown", "csv", "json", "pr_curves"} -> file paths (`pr_curves` is None without VOC
+        results or without any ground truth). `metrics.json` holds the full results, arrays as lists
+        and NaN as null.
     """
     os.makedirs(output_dir, exist_ok=True)
     coco, voc = _split(results)

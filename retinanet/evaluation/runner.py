@@ -42,17 +42,17 @@ def split_batch(
     `num_detections` are dropped.
 
     Args:
-      targets: the batch's targets (docs/CONTRACTS.md): "boxes" [B, M, 4] xyxy in input pixels,
-        "classes" [B, M] padded with -1, and optionally "image_id" [B] (default: running image
-        number as str), "scale" [B] (default 1), "original_size" [B, 2] as (height, width)
-        (default: `image_size / scale`), "is_crowd" / "difficult" bool [B, M].
-      detections: the model's output: "boxes" [B, D, 4] xyxy in input pixels, "scores" [B, D],
-        "classes" [B, D], optionally "num_detections" [B] (default: count of classes >= 0).
-      image_size: (height, width) of the input images, used when "original_size" is absent.
-      first_index: number of images before this batch, for default image ids.
+        targets: the batch's targets (docs/CONTRACTS.md): "boxes" [B, M, 4] xyxy in input pixels,
+            "classes" [B, M] padded with -1, and optionally "image_id" [B] (default: running image
+            number as str), "scale" [B] (default 1), "original_size" [B, 2] as (height, width)
+            (default: `image_size / scale`), "is_crowd" / "difficult" bool [B, M].
+        detections: the model's output: "boxes" [B, D, 4] xyxy in input pixels, "scores" [B, D],
+            "classes" [B, D], optionally "num_detections" [B] (default: count of classes >= 0).
+        image_size: (height, width) of the input images, used when "original_size" is absent.
+        first_index: number of images before this batch, for default image ids.
 
     Returns:
-      A list of B dicts with the keyword arguments of `update`.
+        A list of B dicts with the keyword arguments of `update`.
     """
     if not isinstance(targets, dict) or not isinstance(detections, dict):
         raise ValueError(
@@ -129,21 +129,21 @@ def evaluate(
     """Runs `model.predict_on_batch` over an evaluation dataset and scores the detections.
 
     Args:
-      model: anything with `predict_on_batch(images)` returning the detection dict of
-        docs/CONTRACTS.md ("boxes" [B, D, 4] xyxy input pixels, "scores", "classes",
-        "num_detections").
-      dataset: iterable of `(images, targets)` evaluation batches (docs/CONTRACTS.md), e.g. a
-        finite `tf.data.Dataset`. See `split_batch` for the target keys used.
-      class_names: optional class names (index = 0-based class).
-      category_ids: optional dataset category ids for COCO (see `COCOEvaluator`).
-      coco, voc: which evaluators to run.
-      voc_iou_threshold, voc_method: passed to `VOCEvaluator`.
-      steps: evaluate at most this many batches (required for an infinite dataset).
-      verbose: 0 silent, 1 progress bar, 2 one line at the end (as `keras.utils.Progbar`).
+        model: anything with `predict_on_batch(images)` returning the detection dict of
+            docs/CONTRACTS.md ("boxes" [B, D, 4] xyxy input pixels, "scores", "classes",
+            "num_detections").
+        dataset: iterable of `(images, targets)` evaluation batches (docs/CONTRACTS.md), e.g. a
+            finite `tf.data.Dataset`. See `split_batch` for the target keys used.
+        class_names: optional class names (index = 0-based class).
+        category_ids: optional dataset category ids for COCO (see `COCOEvaluator`).
+        coco, voc: which evaluators to run.
+        voc_iou_threshold, voc_method: passed to `VOCEvaluator`.
+        steps: evaluate at most this many batches (required for an infinite dataset).
+        verbose: 0 silent, 1 progress bar, 2 one line at the end (as `keras.utils.Progbar`).
 
     Returns:
-      `{"coco": COCOEvaluator.result(), "voc": VOCEvaluator.result()}`, each key only when that
-      evaluator was asked for. `flatten_metrics` turns it into scalar logs.
+        `{"coco": COCOEvaluator.result(), "voc": VOCEvaluator.result()}`, each key only when that
+        evaluator was asked for. `flatten_metrics` turns it into scalar logs.
     """
     if not (coco or voc):
         raise ValueError("evaluate needs at least one of coco=True or voc=True")
@@ -181,13 +181,13 @@ def flatten_metrics(results: dict, prefix: str = "", per_class: bool = False) ->
     """Scalar metrics from `evaluate`'s result, for Keras logs, TensorBoard or a CSV row.
 
     Args:
-      results: `{"coco": ..., "voc": ...}` as returned by `evaluate` (either key optional).
-      prefix: prepended to every key, e.g. "val_".
-      per_class: also add `{prefix}AP/{class}` (COCO) and `{prefix}AP_voc/{class}` (VOC).
+        results: `{"coco": ..., "voc": ...}` as returned by `evaluate` (either key optional).
+        prefix: prepended to every key, e.g. "val_".
+        per_class: also add `{prefix}AP/{class}` (COCO) and `{prefix}AP_voc/{class}` (VOC).
 
     Returns:
-      `{prefix + "AP": ..., "AP50", ..., "ARl"}` (the 12 COCO metrics) and `{prefix}mAP_voc`,
-      as Python floats.
+        `{prefix + "AP": ..., "AP50", ..., "ARl"}` (the 12 COCO metrics) and `{prefix}mAP_voc`,
+        as Python floats.
     """
     flat = {}
     if "coco" in results:

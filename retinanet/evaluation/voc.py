@@ -29,11 +29,11 @@ def pairwise_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
     """IoU of every pair, continuous coordinates (area = (x2 - x1) * (y2 - y1)).
 
     Args:
-      boxes_a: float [N, 4] xyxy.
-      boxes_b: float [M, 4] xyxy.
+        boxes_a: float [N, 4] xyxy.
+        boxes_b: float [M, 4] xyxy.
 
     Returns:
-      float64 [N, M]; 0 where the union is empty (two zero-area boxes).
+        float64 [N, M]; 0 where the union is empty (two zero-area boxes).
     """
     a = np.asarray(boxes_a, np.float64).reshape(-1, 4)[:, None, :]
     b = np.asarray(boxes_b, np.float64).reshape(-1, 4)[None, :, :]
@@ -51,14 +51,14 @@ def voc_ap(recall: np.ndarray, precision: np.ndarray, method: str = "all_points"
     """Area under a precision/recall curve, the VOC way.
 
     Args:
-      recall: float [K], non-decreasing, recall after each ranked detection.
-      precision: float [K], precision after each ranked detection.
-      method: "all_points" (VOC2010+: area under the monotone precision envelope) or "11_points"
-        (VOC2007: mean over recall thresholds 0, 0.1, ..., 1 of the best precision at recall >= t,
-        0 where none).
+        recall: float [K], non-decreasing, recall after each ranked detection.
+        precision: float [K], precision after each ranked detection.
+        method: "all_points" (VOC2010+: area under the monotone precision envelope) or
+            "11_points" (VOC2007: mean over recall thresholds 0, 0.1, ..., 1 of the best
+            precision at recall >= t, 0 where none).
 
     Returns:
-      AP in [0, 1]; 0 for empty arrays.
+        AP in [0, 1]; 0 for empty arrays.
     """
     recall = np.asarray(recall, np.float64)
     precision = np.asarray(precision, np.float64)
@@ -81,9 +81,9 @@ class VOCEvaluator(ImageAccumulator):
     """Pascal VOC AP per class and their mean (see the module docstring for the matching rule).
 
     Args:
-      iou_threshold: a detection matches a ground truth at IoU >= this (0 < t <= 1).
-      method: "all_points" (VOC2010+) or "11_points" (VOC2007).
-      class_names: optional names, index = 0-based class; fixes the number of classes.
+        iou_threshold: a detection matches a ground truth at IoU >= this (0 < t <= 1).
+        method: "all_points" (VOC2010+) or "11_points" (VOC2007).
+        class_names: optional names, index = 0-based class; fixes the number of classes.
 
     `update(...)`: see `ImageAccumulator.update`. `gt_difficult` and `gt_iscrowd` both mark ground
     truths that neither count (not in `num_gt`) nor penalise (a detection whose best match is one

@@ -2,31 +2,32 @@
 
 Every form takes raw RGB images and gives detections with box decoding and NMS inside, so
 running one needs no code of this package: TF Serving, the LiteRT runtime or onnxruntime is
-enough. The outputs follow the detections contract of docs/CONTRACTS.md, with ``D = model.postprocessor.max_detections``:
+enough. The outputs follow the detections contract of docs/CONTRACTS.md, with
+`D = model.postprocessor.max_detections`:
 
-- ``boxes``: float32 ``[B, D, 4]`` xyxy in the input image's pixels, padded with 0
-- ``scores``: float32 ``[B, D]``, best first, padded with 0
-- ``classes``: int32 ``[B, D]``, padded with -1
-- ``num_detections``: int32 ``[B]``
+- `boxes`: float32 `[B, D, 4]` xyxy in the input image's pixels, padded with 0
+- `scores`: float32 `[B, D]`, best first, padded with 0
+- `classes`: int32 `[B, D]`, padded with -1
+- `num_detections`: int32 `[B]`
 
 The forms:
 
-- `export_saved_model`: signature ``serving_default`` takes ``images``, uint8
-  ``[B, H, W, 3]`` of any size (B >= 1); ``serving_bytes`` takes ``image_bytes``, string
-  ``[B]`` of encoded JPEG, PNG, GIF or BMP images, which may differ in size.
-- `export_litert`: a ``.tflite`` file of TFLite builtin ops only, with one fixed input
-  ``images`` uint8 ``[1, height, width, 3]``; float32, float16 or dynamic-range weights.
-- `export_onnx`: an ONNX model (via tf2onnx) with input ``images`` uint8 ``[B, H, W, 3]``.
+- `export_saved_model`: signature `serving_default` takes `images`, uint8
+  `[B, H, W, 3]` of any size (B >= 1); `serving_bytes` takes `image_bytes`, string
+  `[B]` of encoded JPEG, PNG, GIF or BMP images, which may differ in size.
+- `export_litert`: a `.tflite` file of TFLite builtin ops only, with one fixed input
+  `images` uint8 `[1, height, width, 3]`; float32, float16 or dynamic-range weights.
+- `export_onnx`: an ONNX model (via tf2onnx) with input `images` uint8 `[B, H, W, 3]`.
 - `export`: one of the above by name, writing into a directory (for the CLI).
 
-Without ``resize`` the images go into the model as they are (it pads them to a multiple of
-its ``anchor_generator.stride_multiple``), so an exported form gives what ``model.predict``
-gives on the same uint8 images. With ``resize`` (the resize rule of `retinanet.preprocess`,
-called ``image_size`` in the pipeline: an int S scales the longer side to S,
-``(min_side, max_side)`` is detectron2's shortest-edge rule) each batch is resized and padded
+Without `resize` the images go into the model as they are (it pads them to a multiple of
+its `anchor_generator.stride_multiple`), so an exported form gives what `model.predict`
+gives on the same uint8 images. With `resize` (the resize rule of `retinanet.preprocess`,
+called `image_size` in the pipeline: an int S scales the longer side to S,
+`(min_side, max_side)` is detectron2's shortest-edge rule) each batch is resized and padded
 as evaluation batches are, and boxes are mapped back to the input's pixels.
 
-Agreement with ``model.predict`` on the same images, as measured on tests/test_export.py's
+Agreement with `model.predict` on the same images, as measured on tests/test_export.py's
 small model (tested against: 1 px and 1e-3 unless said otherwise):
 
 - SavedModel, ONNX and float32 LiteRT: the same detections, boxes within 2e-5 px, scores
@@ -75,28 +76,28 @@ def export(
     bytes_signature=True,
     opset=DEFAULT_ONNX_OPSET,
 ):
-    """Exports `model` in one of `FORMATS` into ``output_dir`` (the CLI's entry point).
+    """Exports `model` in one of `FORMATS` into `output_dir` (the CLI's entry point).
 
-    - ``"saved_model"``: ``output_dir`` becomes the SavedModel (`export_saved_model`).
-    - ``"litert"``: ``output_dir/model.tflite``, or ``model_float16.tflite`` /
-      ``model_dynamic_range.tflite`` when quantised (`export_litert`).
-    - ``"onnx"``: ``output_dir/model.onnx`` (`export_onnx`).
+    - `"saved_model"`: `output_dir` becomes the SavedModel (`export_saved_model`).
+    - `"litert"`: `output_dir/model.tflite`, or `model_float16.tflite` /
+      `model_dynamic_range.tflite` when quantised (`export_litert`).
+    - `"onnx"`: `output_dir/model.onnx` (`export_onnx`).
 
     Args:
         model: a `retinanet.RetinaNet`.
         output_dir: a directory, created if missing.
         format: one of `FORMATS`.
         resize: saved_model and onnx: as in `export_saved_model`.
-        input_size: litert only, required: the fixed ``(height, width)`` input.
+        input_size: litert only, required: the fixed `(height, width)` input.
         quantization: litert only: one of `QUANTIZATIONS`.
-        bytes_signature: saved_model only: also write ``serving_bytes``.
+        bytes_signature: saved_model only: also write `serving_bytes`.
         opset: onnx only: the ONNX opset.
 
     Returns:
         The path written (the SavedModel directory or the model file), a string.
 
     Raises:
-        ValueError: an unknown ``format``, or an argument the format does not take.
+        ValueError: an unknown `format`, or an argument the format does not take.
     """
     if format not in FORMATS:
         raise ValueError(f"`format` must be one of {FORMATS}, got {format!r}.")

@@ -21,25 +21,25 @@ def _check_quantization(quantization):
 def export_litert(model, path, input_size, quantization=None):
     """Writes a LiteRT (TFLite) model with decoding and NMS inside, for phones and the edge.
 
-    The model has one signature, ``serving_default``, with input ``images`` uint8
-    ``[1, height, width, 3]`` (resize camera frames to ``input_size`` first) and the outputs
-    of the module docstring with B = 1, boxes in those ``height`` x ``width`` pixels. It uses
+    The model has one signature, `serving_default`, with input `images` uint8
+    `[1, height, width, 3]` (resize camera frames to `input_size` first) and the outputs
+    of the module docstring with B = 1, boxes in those `height` x `width` pixels. It uses
     TFLite builtin ops only (no Flex delegate), so the plain LiteRT runtime runs it.
 
     Args:
         model: a `retinanet.RetinaNet`.
-        path: the ``.tflite`` file to write.
-        input_size: ``(height, width)`` of the fixed input, positive ints (any size: the
+        path: the `.tflite` file to write.
+        input_size: `(height, width)` of the fixed input, positive ints (any size: the
             model pads to a multiple of 128 inside).
-        quantization: None (float32), ``"float16"`` (weights stored as float16, about half
-            the size) or ``"dynamic_range"`` (int8 weights and on-the-fly int8 activations,
+        quantization: None (float32), `"float16"` (weights stored as float16, about half
+            the size) or `"dynamic_range"` (int8 weights and on-the-fly int8 activations,
             about 30 % of the size; less accurate, see the module docstring).
 
     Returns:
-        ``path`` as a string.
+        `path` as a string.
 
     Raises:
-        ValueError: a bad ``model``, ``input_size`` or ``quantization``.
+        ValueError: a bad `model`, `input_size` or `quantization`.
     """
     serving.check_model(model)
     height, width = serving.check_input_size(input_size)

@@ -13,22 +13,22 @@ DEFAULT_ONNX_OPSET = 17
 def export_onnx(model, path, resize=None, opset=DEFAULT_ONNX_OPSET):
     """Writes an ONNX model with decoding and NMS inside, for onnxruntime and others.
 
-    Input ``images`` uint8 ``[B, H, W, 3]`` (any size, B >= 1), outputs as in the module
-    docstring. Converted with tf2onnx (Keras's ``model.export(format="onnx")`` uses it too,
+    Input `images` uint8 `[B, H, W, 3]` (any size, B >= 1), outputs as in the module
+    docstring. Converted with tf2onnx (Keras's `model.export(format="onnx")` uses it too,
     but exports the raw head outputs, not detections).
 
     Args:
         model: a `retinanet.RetinaNet`.
-        path: the ``.onnx`` file to write.
+        path: the `.onnx` file to write.
         resize: as in `export_saved_model`.
         opset: the ONNX opset (NonMaxSuppression needs >= 10).
 
     Returns:
-        ``path`` as a string.
+        `path` as a string.
 
     Raises:
-        ValueError: a bad ``model``, ``resize`` or ``opset``.
-        ImportError: tf2onnx is not installed (``pip install tf2onnx onnx``).
+        ValueError: a bad `model`, `resize` or `opset`.
+        ImportError: tf2onnx is not installed (`pip install tf2onnx onnx`).
     """
     serving.check_model(model)
     resize = check_image_size(resize, "resize")

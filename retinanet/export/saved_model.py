@@ -44,33 +44,33 @@ def export_saved_model(model, directory, resize=None, bytes_signature=True,
 
     Signatures (see the module docstring for the outputs):
 
-    - ``serving_default``: ``images`` uint8 ``[B, H, W, 3]``, any H and W, B >= 1.
-    - ``serving_bytes`` (when ``bytes_signature``): ``image_bytes`` string ``[B]``, encoded
+    - `serving_default`: `images` uint8 `[B, H, W, 3]`, any H and W, B >= 1.
+    - `serving_bytes` (when `bytes_signature`): `image_bytes` string `[B]`, encoded
       JPEG/PNG/GIF/BMP, decoded to RGB inside; each image is run on its own.
 
     Bad input fails inside the graph with an InvalidArgumentError whose message names
-    ``images`` (or ``image_bytes``) and the shape it got: wrong rank, not 3 channels, an empty
-    batch, a zero-size image, or an image of more than ``max_image_pixels`` pixels (for
-    ``serving_bytes`` read from the header, before decoding). A wrong dtype is rejected before
+    `images` (or `image_bytes`) and the shape it got: wrong rank, not 3 channels, an empty
+    batch, a zero-size image, or an image of more than `max_image_pixels` pixels (for
+    `serving_bytes` read from the header, before decoding). A wrong dtype is rejected before
     the graph runs (TF Serving: "Expects arg[0] to be uint8 but float is provided"). With
-    ``resize`` the uint8 images are resized before any float copy is made; without it the
+    `resize` the uint8 images are resized before any float copy is made; without it the
     model works on a float32 copy of the whole batch (12 bytes a pixel).
 
     Args:
         model: a `retinanet.RetinaNet`.
         directory: where to write the SavedModel (created; existing files are overwritten).
         resize: None (images go in as they are), an int S (longer side to S) or
-            ``(min_side, max_side)``, the resize rule of `retinanet.preprocess`. Boxes
+            `(min_side, max_side)`, the resize rule of `retinanet.preprocess`. Boxes
             are always in the input image's pixels.
-        bytes_signature: also write the ``serving_bytes`` signature.
+        bytes_signature: also write the `serving_bytes` signature.
         max_image_pixels: the largest height x width either signature accepts (default
             100 megapixels); None for no limit.
 
     Returns:
-        ``directory`` as a string.
+        `directory` as a string.
 
     Raises:
-        ValueError: a bad ``model``, ``resize`` or ``max_image_pixels``.
+        ValueError: a bad `model`, `resize` or `max_image_pixels`.
     """
     serving.check_model(model)
     resize = check_image_size(resize, "resize")

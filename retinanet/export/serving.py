@@ -43,7 +43,7 @@ def _assert(condition, message, shape):
 
 def checked_images(images, max_pixels=None):
     """Checks at run time that `images` is [B >= 1, H >= 1, W >= 1, 3] with H * W at most
-    ``max_pixels`` (None: no limit); returns it with rank 4.
+    `max_pixels` (None: no limit); returns it with rank 4.
 
     The serving signature leaves the rank unknown on purpose: TF Serving checks a request's
     dtype against the signature but not its shape, and a static shape would let TF fold these
@@ -94,7 +94,7 @@ def checked_bytes(image_bytes):
 
 
 def detections(model, images, resize):
-    """Detections for uint8 images ``[B, H, W, 3]`` (rank known) in their own pixels.
+    """Detections for uint8 images `[B, H, W, 3]` (rank known) in their own pixels.
 
     Returns the dict of `OUTPUT_KEYS` with fixed dtypes (float32, float32, int32, int32).
     """
@@ -131,7 +131,7 @@ def output_specs(model):
 
 
 def traced(fn, spec):
-    """A tf.function of ``fn(input)`` traced once for ``spec``.
+    """A tf.function of `fn(input)` traced once for `spec`.
 
     Autograph is off (the code has no data-dependent Python control flow) and every caller
     reuses this one trace: tracing the network and its NMS dominates the export time.
@@ -142,7 +142,7 @@ def traced(fn, spec):
 
 
 def write_saved_model(model, directory, functions):
-    """Writes ``functions`` ({signature name: traced tf.function}) as a SavedModel."""
+    """Writes `functions` ({signature name: traced tf.function}) as a SavedModel."""
     # What Keras's ExportArchive does, minus its second trace of every endpoint: a plain
     # trackable holding the functions and the tf.Variables their graphs capture. (Tracking
     # the Keras variables instead leaves those captures out of the checkpoint: TF1 loaders

@@ -16,7 +16,7 @@ IMAGENET_MEAN_BGR = (103.939, 116.779, 123.68)
 class CaffePreprocessing(keras.layers.Layer):
     """`keras.applications.resnet.preprocess_input` as a layer: RGB to BGR, minus the ImageNet mean.
 
-    Input: float ``[B, H, W, 3]`` RGB in 0-255. Output: the same shape, BGR, mean-centred.
+    Input: float `[B, H, W, 3]` RGB in 0-255. Output: the same shape, BGR, mean-centred.
     """
 
     def call(self, images):
@@ -61,9 +61,9 @@ _PROBE_SIZE = 64
 
 
 def _last_layer_at_stride(name):
-    """{stride: index into ``model.layers`` of the last layer at that output stride}.
+    """{stride: index into `model.layers` of the last layer at that output stride}.
 
-    keras.applications names some layers with global counters (``activation_17``), so layers
+    keras.applications names some layers with global counters (`activation_17`), so layers
     are found by position, probing a fixed-size build once.
     """
     _, probe, _ = BACKBONES[name](None, _PROBE_SIZE)
@@ -80,12 +80,12 @@ _LAYER_CACHE = {}
 
 def build_backbone(name="resnet50", weights=None, frozen_batchnorm=True,
                    frozen_early_stages=True, trainable=True):
-    """Builds a feature extractor from raw images to ``[C3, C4, C5]``.
+    """Builds a feature extractor from raw images to `[C3, C4, C5]`.
 
     Args:
         name: one of `BACKBONES`.
-        weights: None (random init), ``"imagenet"`` (Keras's own download, needs network), or
-            the path of a ``.weights.h5`` file of the same application without its top.
+        weights: None (random init), `"imagenet"` (Keras's own download, needs network), or
+            the path of a `.weights.h5` file of the same application without its top.
         frozen_batchnorm: run every BatchNormalization layer in inference mode with fixed
             statistics, as detectors fine-tuned from ImageNet do. Turn it off to train from
             scratch.
@@ -96,7 +96,7 @@ def build_backbone(name="resnet50", weights=None, frozen_batchnorm=True,
         trainable: False freezes the whole backbone.
 
     Returns:
-        A functional `keras.Model`: float ``[B, H, W, 3]`` RGB 0-255 to a list of three feature
+        A functional `keras.Model`: float `[B, H, W, 3]` RGB 0-255 to a list of three feature
         maps at strides 8, 16 and 32. The input normalisation of the application is inside.
     """
     if name not in BACKBONES:
@@ -134,13 +134,13 @@ def build_backbone(name="resnet50", weights=None, frozen_batchnorm=True,
 
 
 def build_simple_backbone(widths=(16, 32, 64, 96, 128), blocks=1, name="simple_backbone"):
-    """A small residual CNN from raw images to ``[C3, C4, C5]``, for training from scratch.
+    """A small residual CNN from raw images to `[C3, C4, C5]`, for training from scratch.
 
     Five stages, each a stride-2 3x3 conv (BatchNorm, ReLU) followed, from the second stage
-    on, by ``blocks`` basic residual blocks (two 3x3 convs); C3, C4, C5 are the outputs of
+    on, by `blocks` basic residual blocks (two 3x3 convs); C3, C4, C5 are the outputs of
     stages 3, 4, 5 (strides 8, 16, 32). Plain convolutions train faster per CPU second than
     the depthwise ones of MobileNet, and from random init converge in minutes on the shapes
-    set. Input: float ``[B, H, W, 3]`` RGB 0-255 (rescaled to [-1, 1] inside).
+    set. Input: float `[B, H, W, 3]` RGB 0-255 (rescaled to [-1, 1] inside).
     """
     if len(widths) != 5 or any(int(w) < 1 for w in widths):
         raise ValueError(f"`widths` must be five positive channel counts, got {tuple(widths)}")

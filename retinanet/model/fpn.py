@@ -5,18 +5,18 @@ import keras
 
 @keras.saving.register_keras_serializable(package="retinanet")
 class FeaturePyramid(keras.layers.Layer):
-    """Turns backbone features ``[C3, C4, C5]`` into pyramid levels ``[P3, ..., P7]``.
+    """Turns backbone features `[C3, C4, C5]` into pyramid levels `[P3, ..., P7]`.
 
     - P3-P5: 1x1 lateral convs on C3-C5, a top-down path with nearest-neighbour 2x
       upsampling and addition, then a 3x3 output conv on each level.
-    - P6 (when ``max_level >= 6``): a 3x3 stride-2 conv on C5 (``p6_input="c5"``, the
-      paper's and torchvision v2's) or on the FPN's P5 output (``p6_input="p5"``, torchvision
+    - P6 (when `max_level >= 6`): a 3x3 stride-2 conv on C5 (`p6_input="c5"`, the
+      paper's and torchvision v2's) or on the FPN's P5 output (`p6_input="p5"`, torchvision
       v1's). P7 and above: a 3x3 stride-2 conv on ReLU of the level below.
 
-    Input: a list of three float tensors ``[B, H/8, W/8, c3]``, ``[B, H/16, W/16, c4]``,
-    ``[B, H/32, W/32, c5]`` with H and W multiples of ``2**max_level``.
-    Output: a list of ``max_level - 2`` tensors ``[B, H/2**l, W/2**l, filters]``, l = 3..max_level
-    (``max_level`` 5 gives P3-P5 only).
+    Input: a list of three float tensors `[B, H/8, W/8, c3]`, `[B, H/16, W/16, c4]`,
+    `[B, H/32, W/32, c5]` with H and W multiples of `2**max_level`.
+    Output: a list of `max_level - 2` tensors `[B, H/2**l, W/2**l, filters]`, l = 3..max_level
+    (`max_level` 5 gives P3-P5 only).
     """
 
     def __init__(self, filters=256, max_level=7, p6_input="c5", **kwargs):

@@ -7,19 +7,19 @@ import keras
 
 @keras.saving.register_keras_serializable(package="retinanet")
 class RetinaNetHead(keras.layers.Layer):
-    """``num_convs`` 3x3 conv + ReLU layers, then a 3x3 conv to A * outputs per location.
+    """`num_convs` 3x3 conv + ReLU layers, then a 3x3 conv to A * outputs per location.
 
     The same weights run on every pyramid level. Conv kernels start from N(0, 0.01). With
-    ``prior_probability`` set (the class subnet), the final bias starts at
-    ``-log((1 - p) / p)`` so every anchor initially predicts foreground with probability p,
+    `prior_probability` set (the class subnet), the final bias starts at
+    `-log((1 - p) / p)` so every anchor initially predicts foreground with probability p,
     which keeps the focal loss stable in the first iterations.
 
-    ``use_group_norm`` puts GroupNorm(32) between each conv and its ReLU, where torchvision's
-    RetinaNet v2 has it; ``group_norm_epsilon`` defaults to Keras's 1e-3 (torchvision's
+    `use_group_norm` puts GroupNorm(32) between each conv and its ReLU, where torchvision's
+    RetinaNet v2 has it; `group_norm_epsilon` defaults to Keras's 1e-3 (torchvision's
     GroupNorm uses 1e-5, keras-hub's port of it keeps 1e-3).
 
-    Input: a list of ``[B, H_l, W_l, C]`` feature maps.
-    Output: float32 ``[B, sum_l H_l * W_l * A, outputs_per_anchor]``, ordered by level, row,
+    Input: a list of `[B, H_l, W_l, C]` feature maps.
+    Output: float32 `[B, sum_l H_l * W_l * A, outputs_per_anchor]`, ordered by level, row,
     column, anchor (the order of `retinanet.AnchorGenerator`).
     """
 

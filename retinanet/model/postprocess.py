@@ -11,20 +11,20 @@ from retinanet.anchors import AnchorGenerator
 class DetectionPostprocessor(keras.layers.Layer):
     """Decodes boxes and runs class-aware NMS, as in the RetinaNet paper.
 
-    Per image and per pyramid level, keep the ``pre_nms_topk_per_level`` highest-scoring
+    Per image and per pyramid level, keep the `pre_nms_topk_per_level` highest-scoring
     (anchor, class) pairs; decode only those boxes and clip them to the image; drop scores
-    at or below ``score_threshold``; then class-aware NMS at ``iou_threshold`` keeps at most
-    ``max_detections``. Only the kept candidates are decoded, which is what keeps this cheap
+    at or below `score_threshold`; then class-aware NMS at `iou_threshold` keeps at most
+    `max_detections`. Only the kept candidates are decoded, which is what keeps this cheap
     next to the network itself.
 
     Call with:
-        cls_logits: float ``[B, A, K]``; box_deltas: float ``[B, A, 4]``.
-        anchor_image_size: ``(height, width)`` the anchors tile (the padded input).
-        clip_size: ``(height, width)`` to clip boxes to (the unpadded input).
+        cls_logits: float `[B, A, K]`; box_deltas: float `[B, A, 4]`.
+        anchor_image_size: `(height, width)` the anchors tile (the padded input).
+        clip_size: `(height, width)` to clip boxes to (the unpadded input).
 
     Returns:
-        ``{"boxes": float32 [B, D, 4] xyxy pixels, "scores": float32 [B, D],
-        "classes": int32 [B, D], "num_detections": int32 [B]}`` with ``D = max_detections``,
+        `{"boxes": float32 [B, D, 4] xyxy pixels, "scores": float32 [B, D],
+        "classes": int32 [B, D], "num_detections": int32 [B]}` with `D = max_detections`,
         padded with zeros (classes with -1), best score first.
     """
 
@@ -147,14 +147,14 @@ class DetectionPostprocessor(keras.layers.Layer):
 
 def unpad_detections(detections) -> list:
     """Per-image detections without padding, from the padded batch `DetectionPostprocessor`
-    (and so ``model.predict``) returns.
+    (and so `model.predict`) returns.
 
     Args:
-        detections: ``{"boxes" [B, D, 4], "scores" [B, D], "classes" [B, D]}`` (numpy or
-            tensors), and ``"num_detections" [B]``; without it, entries with class >= 0 count.
+        detections: `{"boxes" [B, D, 4], "scores" [B, D], "classes" [B, D]}` (numpy or
+            tensors), and `"num_detections" [B]`; without it, entries with class >= 0 count.
 
     Returns:
-        A list of B dicts ``{"boxes" [n, 4], "scores" [n], "classes" [n]}`` of numpy arrays.
+        A list of B dicts `{"boxes" [n, 4], "scores" [n], "classes" [n]}` of numpy arrays.
     """
     import numpy as np
 

@@ -1,15 +1,15 @@
 """torchvision's COCO-trained RetinaNets, imported from keras-hub presets into `RetinaNet`.
 
-keras-hub ports torchvision's ``retinanet_resnet50_fpn`` (preset
-``retinanet_resnet50_fpn_coco``) and ``retinanet_resnet50_fpn_v2`` (preset
-``retinanet_resnet50_fpn_v2_coco``). `from_keras_hub` rebuilds the same network as a
+keras-hub ports torchvision's `retinanet_resnet50_fpn` (preset
+`retinanet_resnet50_fpn_coco`) and `retinanet_resnet50_fpn_v2` (preset
+`retinanet_resnet50_fpn_v2_coco`). `from_keras_hub` rebuilds the same network as a
 `retinanet.RetinaNet` (torchvision-layout ResNet50, P6 from P5 or C5, GroupNorm heads for v2,
 torchvision's anchors and input normalisation) and copies every weight across, so the model
 then trains, evaluates, saves and exports like any other `RetinaNet`. keras-hub is imported
-only here, and only when a preset is loaded: a converted ``.keras`` file loads without it.
+only here, and only when a preset is loaded: a converted `.keras` file loads without it.
 
-The COCO heads have 91 logits, torchvision's layout: logit ``i`` is COCO category id ``i``;
-0 (``"__background__"``) and the ten unused ids (``"N/A"``) are never trained as positives.
+The COCO heads have 91 logits, torchvision's layout: logit `i` is COCO category id `i`;
+0 (`"__background__"`) and the ten unused ids (`"N/A"`) are never trained as positives.
 """
 
 import os
@@ -54,10 +54,10 @@ def _import_keras_hub():
 
 
 def load_keras_hub_detector(preset):
-    """keras-hub's ``RetinaNetObjectDetector`` for a preset name (downloads) or directory.
+    """keras-hub's `RetinaNetObjectDetector` for a preset name (downloads) or directory.
 
     Raises:
-        ValueError: ``preset`` is neither a known preset name nor an existing directory.
+        ValueError: `preset` is neither a known preset name nor an existing directory.
     """
     if preset not in KERAS_HUB_PRESETS and not os.path.isdir(preset):
         raise ValueError(
@@ -153,12 +153,12 @@ def build_torchvision_retinanet(
 ):
     """A randomly initialised `RetinaNet` with torchvision's RetinaNet architecture.
 
-    torchvision v1 (``retinanet_resnet50_fpn``) is ``p6_input="p5"``; v2
-    (``retinanet_resnet50_fpn_v2``) is ``p6_input="c5", use_group_norm=True``.
+    torchvision v1 (`retinanet_resnet50_fpn`) is `p6_input="p5"`; v2
+    (`retinanet_resnet50_fpn_v2`) is `p6_input="c5", use_group_norm=True`.
 
     Args:
         num_classes: logits per anchor (91 for torchvision's COCO models).
-        p6_input: ``"p5"`` or ``"c5"``, see `retinanet.model.FeaturePyramid`.
+        p6_input: `"p5"` or `"c5"`, see `retinanet.model.FeaturePyramid`.
         use_group_norm, group_norm_epsilon: GroupNorm(32) in both subnets.
         fpn_filters, head_convs, head_filters: widths and depth of the FPN and subnets.
         anchors: `retinanet.AnchorGenerator` keyword arguments; default torchvision's.
@@ -166,7 +166,7 @@ def build_torchvision_retinanet(
         class_names: optional names of the classes, stored on the model.
 
     Returns:
-        A built `retinanet.RetinaNet` on the ``"torchvision_resnet50"`` backbone.
+        A built `retinanet.RetinaNet` on the `"torchvision_resnet50"` backbone.
     """
     from retinanet.anchors import AnchorGenerator
     from retinanet.model.fpn import FeaturePyramid
@@ -236,17 +236,17 @@ def _copy_head(source, target, what, copy_output=True):
 
 
 def from_keras_hub(detector, num_classes=None):
-    """Converts a keras-hub ``RetinaNetObjectDetector`` into a `retinanet.RetinaNet`.
+    """Converts a keras-hub `RetinaNetObjectDetector` into a `retinanet.RetinaNet`.
 
     Args:
-        detector: a ``keras_hub.models.RetinaNetObjectDetector`` on keras-hub's ResNet50
+        detector: a `keras_hub.models.RetinaNetObjectDetector` on keras-hub's ResNet50
             (as in its two COCO presets).
         num_classes: None keeps the detector's classes (91 COCO logits, with
-            ``model.class_names`` = `COCO_CLASS_NAMES`); an int K gives a new, prior-initialised
+            `model.class_names` = `COCO_CLASS_NAMES`); an int K gives a new, prior-initialised
             last layer of the class subnet with K outputs and keeps every other weight.
 
     Returns:
-        A `retinanet.RetinaNet` whose ``model(images)`` on raw RGB 0-255 images equals the
+        A `retinanet.RetinaNet` whose `model(images)` on raw RGB 0-255 images equals the
         detector's outputs on its preprocessed images (anchor order and box deltas agree).
 
     Raises:
@@ -294,11 +294,11 @@ def from_keras_hub(detector, num_classes=None):
 
 
 def from_preset(preset, num_classes=None):
-    """`from_keras_hub` on ``keras_hub.models.RetinaNetObjectDetector.from_preset(preset)``.
+    """`from_keras_hub` on `keras_hub.models.RetinaNetObjectDetector.from_preset(preset)`.
 
     Args:
-        preset: ``"retinanet_resnet50_fpn_coco"`` (torchvision v1),
-            ``"retinanet_resnet50_fpn_v2_coco"`` (v2), both downloaded by keras-hub, or the
+        preset: `"retinanet_resnet50_fpn_coco"` (torchvision v1),
+            `"retinanet_resnet50_fpn_v2_coco"` (v2), both downloaded by keras-hub, or the
             path of a local keras-hub preset directory (offline).
         num_classes: see `from_keras_hub`.
     """

@@ -15,7 +15,7 @@ from retinanet.training.schedules import default_optimizer
 
 
 def _images_and_targets(x, y):
-    """Accepts ``(images, {"boxes", "classes"})`` or the keras-cv dict with no ``y``."""
+    """Accepts `(images, {"boxes", "classes"})` or the keras-cv dict with no `y`."""
     if isinstance(x, dict):
         if "images" not in x:
             raise ValueError(f"An input dict needs an 'images' key, got keys {sorted(x)}.")
@@ -33,21 +33,21 @@ class RetinaNet(keras.Model):
 
     Feed raw RGB images with values in 0-255 (float or uint8) of any size; the model
     normalises them as its backbone expects and pads them inside to a multiple of
-    ``anchor_generator.stride_multiple`` (``2**max_level``, 128 by default).
+    `anchor_generator.stride_multiple` (`2**max_level`, 128 by default).
 
-    - ``model(images)`` returns the raw head outputs ``{"cls_logits": [B, A, K],
-      "box_deltas": [B, A, 4]}`` in float32.
-    - ``model.fit`` takes ``(images, {"boxes": [B, N, 4] xyxy pixels, "classes": [B, N]})``
-      padded with -1, or the keras-cv dict ``{"images", "bounding_boxes": {"boxes",
-      "classes"}}``; targets are encoded inside `compute_loss`.
-    - ``model.predict`` returns detections: ``{"boxes": [B, D, 4] xyxy in input pixels,
-      "scores": [B, D], "classes": [B, D], "num_detections": [B]}``.
+    - `model(images)` returns the raw head outputs `{"cls_logits": [B, A, K],
+      "box_deltas": [B, A, 4]}` in float32.
+    - `model.fit` takes `(images, {"boxes": [B, N, 4] xyxy pixels, "classes": [B, N]})`
+      padded with -1, or the keras-cv dict `{"images", "bounding_boxes": {"boxes",
+      "classes"}}`; targets are encoded inside `compute_loss`.
+    - `model.predict` returns detections: `{"boxes": [B, D, 4] xyxy in input pixels,
+      "scores": [B, D], "classes": [B, D], "num_detections": [B]}`.
 
     Args:
         num_classes: number of object classes K (no background class).
         backbone: a name from `retinanet.model.backbone.BACKBONES` or a `keras.Model` from
-            images to ``[C3, C4, C5]`` (strides 8, 16, 32).
-        backbone_weights: None, "imagenet" or a ``.weights.h5`` path (named backbones only).
+            images to `[C3, C4, C5]` (strides 8, 16, 32).
+        backbone_weights: None, "imagenet" or a `.weights.h5` path (named backbones only).
         freeze_backbone: train only the FPN and heads.
         frozen_batchnorm: keep the backbone's batch-norm statistics fixed (named backbones).
         frozen_early_stages: freeze the backbone's layers at strides 2 and 4 (named backbones;
@@ -201,7 +201,7 @@ class RetinaNet(keras.Model):
             box_loss: defaults to `SmoothL1Loss(beta=1/9)`.
             box_loss_weight: multiplies the box loss in the total.
             jit_compile: XLA for the train and test steps (predict always runs without it).
-            **kwargs: passed to `keras.Model.compile` (``steps_per_execution``, ...).
+            **kwargs: passed to `keras.Model.compile` (`steps_per_execution`, ...).
         """
         if "loss" in kwargs:
             raise ValueError(
@@ -245,10 +245,10 @@ class RetinaNet(keras.Model):
         """torchvision's COCO RetinaNet from a keras-hub preset; see `retinanet.model.presets`.
 
         Args:
-            preset: ``"retinanet_resnet50_fpn_coco"``, ``"retinanet_resnet50_fpn_v2_coco"``
+            preset: `"retinanet_resnet50_fpn_coco"`, `"retinanet_resnet50_fpn_v2_coco"`
                 (downloaded by keras-hub) or a local keras-hub preset directory.
             num_classes: None keeps the 91 COCO logits (index = COCO category id, names in
-                ``class_names``); K gives a new class-subnet output layer with K classes.
+                `class_names`); K gives a new class-subnet output layer with K classes.
         """
         from retinanet.model import presets
 

@@ -1,12 +1,12 @@
 """ResNet50 "v1.5" in torchvision's layout, with torchvision's input normalisation.
 
 `keras.applications.ResNet50` is ResNet v1: its bottlenecks stride on the first 1x1 conv and
-its convs have biases. torchvision's (and keras-hub's ``ResNetBackbone``, which torchvision's
+its convs have biases. torchvision's (and keras-hub's `ResNetBackbone`, which torchvision's
 COCO RetinaNets were ported into) stride on the 3x3 conv, have no conv biases and use batch
-norm with epsilon 1e-5. Strided convs pad explicitly by ``(kernel - 1) // 2`` on every side,
-as PyTorch does, rather than with TensorFlow's asymmetric ``"same"``.
+norm with epsilon 1e-5. Strided convs pad explicitly by `(kernel - 1) // 2` on every side,
+as PyTorch does, rather than with TensorFlow's asymmetric `"same"`.
 
-Layer names are keras-hub's (``conv1_conv``, ``stack2_block0_2_conv``, ...), which is what
+Layer names are keras-hub's (`conv1_conv`, `stack2_block0_2_conv`, ...), which is what
 `retinanet.model.presets` maps weights by.
 """
 
@@ -24,9 +24,9 @@ _BN_EPSILON = 1e-5  # torchvision's BatchNorm2d and FrozenBatchNorm2d
 
 @keras.saving.register_keras_serializable(package="retinanet")
 class TorchvisionNormalization(keras.layers.Layer):
-    """torchvision's input normalisation: ``(images / 255 - mean) / std`` per RGB channel.
+    """torchvision's input normalisation: `(images / 255 - mean) / std` per RGB channel.
 
-    Input: float ``[B, H, W, 3]`` RGB in 0-255. Output: the same shape, normalised.
+    Input: float `[B, H, W, 3]` RGB in 0-255. Output: the same shape, normalised.
 
     Args:
         mean, std: three floats each, for RGB values scaled to 0-1 (default: ImageNet's).
@@ -68,7 +68,7 @@ def _batch_norm(x, name):
 
 
 def _bottleneck(x, filters, stride, projection, name):
-    """torchvision's ``Bottleneck``: 1x1, 3x3 (strided), 1x1 (4 * filters), plus a shortcut."""
+    """torchvision's `Bottleneck`: 1x1, 3x3 (strided), 1x1 (4 * filters), plus a shortcut."""
     layers = keras.layers
     shortcut = x
     if projection:
@@ -90,26 +90,26 @@ def build_torchvision_resnet(
     mean=IMAGENET_MEAN_RGB,
     std=IMAGENET_STD_RGB,
 ):
-    """Builds a torchvision-layout ResNet from raw images to ``[C3, C4, C5]``.
+    """Builds a torchvision-layout ResNet from raw images to `[C3, C4, C5]`.
 
     Args:
         name: one of `RESNET_BLOCKS`.
-        weights: None (random init) or the path of a ``.weights.h5`` file saved from the
-            inner features model (``model.get_layer(f"{name}_features")``).
+        weights: None (random init) or the path of a `.weights.h5` file saved from the
+            inner features model (`model.get_layer(f"{name}_features")`).
         frozen_batchnorm: batch norm with fixed statistics (torchvision's
-            ``FrozenBatchNorm2d``): the layers run in inference mode and do not train.
+            `FrozenBatchNorm2d`): the layers run in inference mode and do not train.
         frozen_early_stages: freeze the stem and res2 (torchvision's default
-            ``trainable_backbone_layers=3``).
+            `trainable_backbone_layers=3`).
         trainable: False freezes the whole backbone.
         mean, std: the `TorchvisionNormalization` of the input.
 
     Returns:
-        A functional `keras.Model` named ``name``: float ``[B, H, W, 3]`` RGB 0-255 (H and W
-        even at every stride, e.g. multiples of 32) to three feature maps ``[B, H/8, W/8, 512]``,
-        ``[B, H/16, W/16, 1024]``, ``[B, H/32, W/32, 2048]``.
+        A functional `keras.Model` named `name`: float `[B, H, W, 3]` RGB 0-255 (H and W
+        even at every stride, e.g. multiples of 32) to three feature maps `[B, H/8, W/8, 512]`,
+        `[B, H/16, W/16, 1024]`, `[B, H/32, W/32, 2048]`.
 
     Raises:
-        ValueError: an unknown ``name`` or a missing ``weights`` file.
+        ValueError: an unknown `name` or a missing `weights` file.
     """
     if name not in RESNET_BLOCKS:
         raise ValueError(f"Unknown `backbone` {name!r}; expected one of {sorted(RESNET_BLOCKS)}.")

@@ -1,8 +1,8 @@
 """Pure box math: formats and pairwise IoU (`boxes`), the box coder (`coder`) and NMS (`nms`).
 
-Boxes are ``xyxy`` in absolute pixels with continuous coordinates (width = x2 - x1, no +1)
+Boxes are `xyxy` in absolute pixels with continuous coordinates (width = x2 - x1, no +1)
 unless an argument says otherwise. Every function accepts numpy arrays or tensors, returns
-tensors, has no state and works eagerly and inside a ``tf.function``.
+tensors, has no state and works eagerly and inside a `tf.function`.
 """
 
 from retinanet.ops.boxes import BOX_FORMATS, box_iou, convert_format

@@ -1,6 +1,6 @@
 """Box formats and pairwise IoU.
 
-Boxes are ``xyxy`` in absolute pixels with continuous coordinates (width = x2 - x1, no +1)
+Boxes are `xyxy` in absolute pixels with continuous coordinates (width = x2 - x1, no +1)
 unless an argument says otherwise.
 """
 
@@ -36,28 +36,28 @@ def _check_format(name, argument):
 def convert_format(boxes, source, target, height=None, width=None):
     """Converts boxes between Keras's box formats.
 
-    Formats (case-insensitive), all in absolute pixels except the ``rel_*`` forms, which are
+    Formats (case-insensitive), all in absolute pixels except the `rel_*` forms, which are
     fractions of the image size:
 
-    - ``xyxy``: (x1, y1, x2, y2); ``yxyx``: (y1, x1, y2, x2); ``xywh``: (x1, y1, w, h);
-    - ``center_xywh``: (cx, cy, w, h); ``center_yxhw``: (cy, cx, h, w);
-    - ``rel_xyxy``, ``rel_yxyx``, ``rel_xywh``, ``rel_center_xywh`` (the YOLO label format).
+    - `xyxy`: (x1, y1, x2, y2); `yxyx`: (y1, x1, y2, x2); `xywh`: (x1, y1, w, h);
+    - `center_xywh`: (cx, cy, w, h); `center_yxhw`: (cy, cx, h, w);
+    - `rel_xyxy`, `rel_yxyx`, `rel_xywh`, `rel_center_xywh` (the YOLO label format).
 
     Args:
-        boxes: float or int array/Tensor ``[..., 4]`` in the ``source`` format.
-        source: the format of ``boxes``, one of ``BOX_FORMATS``.
-        target: the format to return, one of ``BOX_FORMATS``.
-        height: image height in pixels; required when exactly one of ``source`` and
-            ``target`` is relative, unused otherwise. A scalar, or a tensor that broadcasts
-            against ``boxes[..., :1]`` (``[B, 1, 1]`` for per-image sizes of ``[B, N, 4]``).
-        width: image width in pixels, as ``height``.
+        boxes: float or int array/Tensor `[..., 4]` in the `source` format.
+        source: the format of `boxes`, one of `BOX_FORMATS`.
+        target: the format to return, one of `BOX_FORMATS`.
+        height: image height in pixels; required when exactly one of `source` and
+            `target` is relative, unused otherwise. A scalar, or a tensor that broadcasts
+            against `boxes[..., :1]` (`[B, 1, 1]` for per-image sizes of `[B, N, 4]`).
+        width: image width in pixels, as `height`.
 
     Returns:
-        Tensor ``[..., 4]`` in the ``target`` format, with the float dtype of ``boxes``
+        Tensor `[..., 4]` in the `target` format, with the float dtype of `boxes`
         (integer boxes become float32).
 
     Raises:
-        ValueError: unknown format name, last dimension not 4, or ``height``/``width``
+        ValueError: unknown format name, last dimension not 4, or `height`/`width`
             missing or not positive for a relative/absolute conversion.
     """
     source = _check_format(source, "source")
@@ -93,12 +93,12 @@ def box_iou(boxes1, boxes2):
     """Pairwise intersection over union.
 
     Args:
-        boxes1: float Tensor ``[N, 4]`` or ``[B, N, 4]``, xyxy, absolute pixels.
-        boxes2: float Tensor ``[M, 4]`` or ``[B, M, 4]``, xyxy, absolute pixels.
+        boxes1: float Tensor `[N, 4]` or `[B, N, 4]`, xyxy, absolute pixels.
+        boxes2: float Tensor `[M, 4]` or `[B, M, 4]`, xyxy, absolute pixels.
             Unbatched boxes pair with every image of a batched other argument.
 
     Returns:
-        float32 Tensor ``[N, M]`` (both unbatched) or ``[B, N, M]``, in [0, 1].
+        float32 Tensor `[N, M]` (both unbatched) or `[B, N, M]`, in [0, 1].
         Boxes of zero area, inverted boxes (x2 < x1 or y2 < y1) and padding rows (all -1)
         give 0 against everything, never NaN. Boxes off the image (negative coordinates)
         are ordinary boxes. Computed in float32 whatever the input dtype.
@@ -130,7 +130,7 @@ def box_iou(boxes1, boxes2):
 
 
 def _box_area(boxes):
-    """Area of xyxy boxes ``[..., 4]`` -> ``[...]``; inverted boxes have area 0."""
+    """Area of xyxy boxes `[..., 4]` -> `[...]`; inverted boxes have area 0."""
     widths = tf.maximum(boxes[..., 2] - boxes[..., 0], 0.0)
     heights = tf.maximum(boxes[..., 3] - boxes[..., 1], 0.0)
     return widths * heights

@@ -19,7 +19,7 @@ _MIN_BOX_SIZE = 1e-6
 
 
 def _centers_and_sizes(boxes):
-    """xyxy ``[..., 4]`` -> (cx, cy, w, h), each ``[...]``."""
+    """xyxy `[..., 4]` -> (cx, cy, w, h), each `[...]`."""
     widths = boxes[..., 2] - boxes[..., 0]
     heights = boxes[..., 3] - boxes[..., 1]
     return boxes[..., 0] + 0.5 * widths, boxes[..., 1] + 0.5 * heights, widths, heights
@@ -37,15 +37,15 @@ def encode_boxes(boxes, anchors, weights=(1.0, 1.0, 1.0, 1.0)):
     but finite deltas.
 
     Args:
-        boxes: float Tensor ``[..., 4]``, xyxy, absolute pixels (ground truth).
-        anchors: float Tensor ``[..., 4]``, xyxy, absolute pixels; broadcasts against ``boxes``.
+        boxes: float Tensor `[..., 4]`, xyxy, absolute pixels (ground truth).
+        anchors: float Tensor `[..., 4]`, xyxy, absolute pixels; broadcasts against `boxes`.
         weights: 4 positive floats (wx, wy, ww, wh).
 
     Returns:
-        float32 Tensor ``[..., 4]`` of deltas (t_x, t_y, t_w, t_h), the broadcast shape.
+        float32 Tensor `[..., 4]` of deltas (t_x, t_y, t_w, t_h), the broadcast shape.
 
     Raises:
-        ValueError: last dimension not 4, shapes that do not broadcast, or bad ``weights``.
+        ValueError: last dimension not 4, shapes that do not broadcast, or bad `weights`.
     """
     boxes = to_tensor(boxes, "boxes", tf.float32)
     anchors = to_tensor(anchors, "anchors", tf.float32)
@@ -75,20 +75,20 @@ def encode_boxes(boxes, anchors, weights=(1.0, 1.0, 1.0, 1.0)):
 def decode_boxes(deltas, anchors, weights=(1.0, 1.0, 1.0, 1.0)):
     """Applies regression deltas to anchors; the inverse of `encode_boxes`.
 
-    The deltas are divided by ``weights``, then t_w and t_h are clamped from above at
-    ``BBOX_XFORM_CLIP`` before ``exp``, and t_x, t_y to ``[-BBOX_SHIFT_CLIP, BBOX_SHIFT_CLIP]``,
+    The deltas are divided by `weights`, then t_w and t_h are clamped from above at
+    `BBOX_XFORM_CLIP` before `exp`, and t_x, t_y to `[-BBOX_SHIFT_CLIP, BBOX_SHIFT_CLIP]`,
     so any finite deltas on reasonable anchors give finite boxes.
 
     Args:
-        deltas: float Tensor ``[..., 4]`` (t_x, t_y, t_w, t_h), as `encode_boxes` returns.
-        anchors: float Tensor ``[..., 4]``, xyxy, absolute pixels; broadcasts against ``deltas``.
+        deltas: float Tensor `[..., 4]` (t_x, t_y, t_w, t_h), as `encode_boxes` returns.
+        anchors: float Tensor `[..., 4]`, xyxy, absolute pixels; broadcasts against `deltas`.
         weights: the 4 positive floats (wx, wy, ww, wh) the deltas were encoded with.
 
     Returns:
-        float32 Tensor ``[..., 4]``, xyxy, absolute pixels (not clipped to any image).
+        float32 Tensor `[..., 4]`, xyxy, absolute pixels (not clipped to any image).
 
     Raises:
-        ValueError: last dimension not 4, shapes that do not broadcast, or bad ``weights``.
+        ValueError: last dimension not 4, shapes that do not broadcast, or bad `weights`.
     """
     deltas = to_tensor(deltas, "deltas", tf.float32)
     anchors = to_tensor(anchors, "anchors", tf.float32)

@@ -53,21 +53,21 @@ def nms(boxes, scores, iou_threshold=0.5, max_output_size=100, score_threshold=N
     """Greedy non-maximum suppression.
 
     Repeatedly keeps the highest-scoring remaining box and removes every remaining box whose
-    IoU with it is greater than ``iou_threshold`` (IoU equal to the threshold survives).
+    IoU with it is greater than `iou_threshold` (IoU equal to the threshold survives).
     Equal scores are taken in index order. Zero-area boxes never suppress anything. (Unlike
     `box_iou`, TF's kernel treats an inverted box, x2 < x1, as the box between its corners.)
 
     Args:
-        boxes: float Tensor ``[N, 4]``, xyxy, absolute pixels (any units work: IoU is
+        boxes: float Tensor `[N, 4]`, xyxy, absolute pixels (any units work: IoU is
             scale-free).
-        scores: float Tensor ``[N]``.
+        scores: float Tensor `[N]`.
         iou_threshold: float in [0, 1].
         max_output_size: int >= 0, the most indices returned.
-        score_threshold: float >= 0 or None; boxes with ``score <= score_threshold`` are
+        score_threshold: float >= 0 or None; boxes with `score <= score_threshold` are
             dropped first. None keeps every box.
 
     Returns:
-        int32 Tensor ``[K]``, K <= max_output_size: indices into ``boxes`` of the kept boxes,
+        int32 Tensor `[K]`, K <= max_output_size: indices into `boxes` of the kept boxes,
         highest score first.
 
     Raises:
@@ -86,23 +86,23 @@ def soft_nms(boxes, scores, sigma=0.5, max_output_size=100, score_threshold=0.00
     """Gaussian soft-NMS (Bodla et al., 2017, https://arxiv.org/abs/1704.04503).
 
     Repeatedly keeps the box with the highest current score and multiplies the score of every
-    remaining box b by ``exp(-IoU(kept, b)**2 / sigma)``; boxes whose score falls to
-    ``score_threshold`` or below are dropped. Nothing is removed by an IoU cut-off.
+    remaining box b by `exp(-IoU(kept, b)**2 / sigma)`; boxes whose score falls to
+    `score_threshold` or below are dropped. Nothing is removed by an IoU cut-off.
 
     Args:
-        boxes: float Tensor ``[N, 4]``, xyxy, absolute pixels.
-        scores: float Tensor ``[N]``.
-        sigma: float > 0, the Gaussian's width (the paper's sigma; TF's ``soft_nms_sigma``
+        boxes: float Tensor `[N, 4]`, xyxy, absolute pixels.
+        scores: float Tensor `[N]`.
+        sigma: float > 0, the Gaussian's width (the paper's sigma; TF's `soft_nms_sigma`
             is sigma / 2).
         max_output_size: int >= 0, the most indices returned.
         score_threshold: float >= 0 or None (keep every box).
 
     Returns:
-        ``(indices, new_scores)``: int32 ``[K]`` indices into ``boxes`` and float32 ``[K]``
+        `(indices, new_scores)`: int32 `[K]` indices into `boxes` and float32 `[K]`
         decayed scores, K <= max_output_size, highest decayed score first.
 
     Raises:
-        ValueError: bad shapes or lengths, ``sigma`` <= 0, or thresholds out of range.
+        ValueError: bad shapes or lengths, `sigma` <= 0, or thresholds out of range.
     """
     check_range(sigma, "sigma", 0.0, low_inclusive=False)
     boxes, scores, max_output_size, score_threshold = _nms_inputs(
@@ -128,22 +128,22 @@ def batched_nms(
     for IoUs within about 1e-6 of the threshold).
 
     Args:
-        boxes: float Tensor ``[N, 4]``, xyxy, absolute pixels.
-        scores: float Tensor ``[N]``.
-        classes: int Tensor ``[N]``, any integer labels (-1 padding included).
+        boxes: float Tensor `[N, 4]`, xyxy, absolute pixels.
+        scores: float Tensor `[N]`.
+        classes: int Tensor `[N]`, any integer labels (-1 padding included).
         iou_threshold: float in [0, 1]; used by hard NMS only (ignored when
-            ``soft_nms_sigma > 0``, where the Gaussian decay replaces the cut-off).
+            `soft_nms_sigma > 0`, where the Gaussian decay replaces the cut-off).
         max_output_size: int >= 0, the most indices returned over all classes.
-        score_threshold: float >= 0 or None; boxes with (decayed) ``score <= score_threshold``
+        score_threshold: float >= 0 or None; boxes with (decayed) `score <= score_threshold`
             are dropped. None keeps every box.
         soft_nms_sigma: float >= 0. 0 is hard NMS; > 0 is Gaussian soft-NMS with this
             sigma, as in `soft_nms`.
         return_scores: also return the kept boxes' scores.
 
     Returns:
-        int32 Tensor ``[K]`` of indices into ``boxes``, highest (decayed) score first; with
-        ``return_scores=True``, ``(indices, kept_scores)`` where ``kept_scores`` is float32
-        ``[K]`` (the decayed scores under soft-NMS, ``scores[indices]`` otherwise).
+        int32 Tensor `[K]` of indices into `boxes`, highest (decayed) score first; with
+        `return_scores=True`, `(indices, kept_scores)` where `kept_scores` is float32
+        `[K]` (the decayed scores under soft-NMS, `scores[indices]` otherwise).
 
     Raises:
         ValueError: bad shapes or lengths, or thresholds out of range.

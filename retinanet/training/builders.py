@@ -14,7 +14,7 @@ from retinanet.config import ConfigError
 
 @contextlib.contextmanager
 def config_section(field: str):
-    """Re-raises ValueError / TypeError from the block as ConfigError(``"{field}: ..."``)."""
+    """Re-raises ValueError / TypeError from the block as ConfigError(`"{field}: ..."`)."""
     try:
         yield
     except ConfigError:
@@ -59,7 +59,7 @@ def build_postprocessor(config, anchor_generator, label_encoder):
 
 
 def _backbone(model):
-    """The ``backbone`` argument of `RetinaNet` and the keyword arguments of named backbones."""
+    """The `backbone` argument of `RetinaNet` and the keyword arguments of named backbones."""
     from retinanet.model.backbone import build_simple_backbone
 
     weights = model.backbone_weights or None
@@ -84,7 +84,7 @@ def build_model(config, num_classes: int, num_replicas: int = 1):
         config: the ConfigDict.
         num_classes: K.
         num_replicas: replicas of the distribution strategy the model is built under; above
-            1, ``model.sync_batchnorm`` synchronises the backbone's batch statistics.
+            1, `model.sync_batchnorm` synchronises the backbone's batch statistics.
     """
     import keras
 
@@ -119,7 +119,7 @@ def build_model(config, num_classes: int, num_replicas: int = 1):
 
 
 def build_learning_rate(config, total_steps: int):
-    """A float or a `LearningRateSchedule` over ``total_steps`` optimiser steps."""
+    """A float or a `LearningRateSchedule` over `total_steps` optimiser steps."""
     import keras
 
     from retinanet.training.schedules import WarmupStepDecay

@@ -33,11 +33,11 @@ class StepLogger(keras.callbacks.Callback):
 
 
 class Checkpoints(keras.callbacks.Callback):
-    """Saves ``last.keras`` after every epoch and ``best.keras`` when ``monitor`` improves.
+    """Saves `last.keras` after every epoch and `best.keras` when `monitor` improves.
 
-    The best value and its epoch live in ``best.json`` beside the checkpoints and are read
+    The best value and its epoch live in `best.json` beside the checkpoints and are read
     back when training starts again, so a resumed run does not overwrite a better
-    ``best.keras`` with its first epoch.
+    `best.keras` with its first epoch.
 
     Args:
         directory: folder of the checkpoints (created when missing).
@@ -85,16 +85,16 @@ class Checkpoints(keras.callbacks.Callback):
 class ResumableBackup(keras.callbacks.BackupAndRestore):
     """`keras.callbacks.BackupAndRestore` with atomic saves and a separate write folder.
 
-    Keras' own callback overwrites ``latest.weights.h5`` in place and then the metadata, so a
+    Keras' own callback overwrites `latest.weights.h5` in place and then the metadata, so a
     kill during the save can leave a file that fails to load or metadata that disagrees with
-    the weights. Here each backup goes to a new file ``epoch_<N>_batch_<M>.weights.h5`` (model
+    the weights. Here each backup goes to a new file `epoch_<N>_batch_<M>.weights.h5` (model
     weights and optimizer state: step count, moments, so the learning-rate schedule
-    continues), and ``training_metadata.json`` is replaced afterwards to point at it; the
+    continues), and `training_metadata.json` is replaced afterwards to point at it; the
     previous file is kept as a fallback and older ones are deleted.
 
     Args:
         backup_dir: where the state is read from when training starts.
-        write_dir: where it is written (default ``backup_dir``). Non-chief workers of
+        write_dir: where it is written (default `backup_dir`). Non-chief workers of
             multi-worker training write elsewhere but restore from the chief's folder.
         save_freq: as in `BackupAndRestore` ("epoch" or a number of batches).
     """

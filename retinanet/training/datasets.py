@@ -10,7 +10,7 @@ from retinanet.training.builders import build_anchor_generator, config_section
 
 
 def _require_path(config, field: str, kind: str):
-    """Checks that ``config.data.<field>`` names an existing file or folder; returns it."""
+    """Checks that `config.data.<field>` names an existing file or folder; returns it."""
     path = config.data[field]
     if not path:
         raise ConfigError(f"config.data.{field}: no path given (format "
@@ -66,7 +66,7 @@ def _shapes(config, split: str):
 
 
 def _hold_out(config, train):
-    """(train, val): ``data.val_fraction`` of the training records held out, seeded."""
+    """(train, val): `data.val_fraction` of the training records held out, seeded."""
     import numpy as np
 
     from retinanet.data import DetectionDataset
@@ -85,10 +85,10 @@ def _hold_out(config, train):
 
 
 def load_datasets(config, splits=("train", "val")) -> dict:
-    """The configured DetectionDatasets, ``{"train": ..., "val": ...}`` for the splits asked.
+    """The configured DetectionDatasets, `{"train": ..., "val": ...}` for the splits asked.
 
     The val split reads with the train split's class names, so class ids agree. Without
-    ``data.val`` the val split is ``data.val_fraction`` of train (held out, seeded) or, when
+    `data.val` the val split is `data.val_fraction` of train (held out, seeded) or, when
     that is 0, the train split itself (with a warning).
     """
     d = config.data
@@ -114,7 +114,7 @@ def load_datasets(config, splits=("train", "val")) -> dict:
 
 
 def train_pipeline(config, dataset, seed=None):
-    """Repeated training batches (fit with ``steps_per_epoch``), see `retinanet.data.pipeline`."""
+    """Repeated training batches (fit with `steps_per_epoch`), see `retinanet.data.pipeline`."""
     from retinanet.data import pipeline
 
     d = config.data

@@ -5,10 +5,10 @@ import keras
 
 @keras.saving.register_keras_serializable(package="retinanet")
 class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up to ``base_learning_rate``, then multiply by ``decay_factor`` at each boundary.
+    """Linear warm-up to `base_learning_rate`, then multiply by `decay_factor` at each boundary.
 
-    ``lr(step) = base * (warmup_factor + (1 - warmup_factor) * step / warmup_steps)`` during
-    warm-up, then ``base * decay_factor ** (number of boundaries <= step)``.
+    `lr(step) = base * (warmup_factor + (1 - warmup_factor) * step / warmup_steps)` during
+    warm-up, then `base * decay_factor ** (number of boundaries <= step)`.
     """
 
     def __init__(
@@ -44,7 +44,7 @@ class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
 def reference_optimizer(total_steps=90_000, batch_size=16, clipnorm=None):
     """The paper's recipe: SGD, momentum 0.9, lr 0.01 per 16 images, weight decay 1e-4.
 
-    Linear warm-up from 1/3 of the base rate over the first ``min(500, total_steps // 10)``
+    Linear warm-up from 1/3 of the base rate over the first `min(500, total_steps // 10)`
     steps (mmdetection's RetinaNet schedule warms up 500 iterations from 1/3; the cap keeps
     short runs from spending most of their steps warming up), and a 10x decay at 2/3 and 8/9
     of training (60k and 80k of 90k iterations).

@@ -1,6 +1,6 @@
 """`retinanet train` as a function: strategy, data, model, callbacks, fit, final evaluation.
 
-`train(config, workdir)` is what the command line's ``train`` and `retinanet.apps.demo` run;
+`train(config, workdir)` is what the command line's `train` and `retinanet.apps.demo` run;
 `retinanet.training.workdir` describes the files it leaves in the workdir.
 """
 

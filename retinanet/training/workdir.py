@@ -1,4 +1,4 @@
-"""The run folder (``--workdir``) of `retinanet train`: what it holds and how it is read.
+"""The run folder (`--workdir`) of `retinanet train`: what it holds and how it is read.
 
     config.json, config.py        the full config (config.py loads with --config=)
     classes.json                  class names and dataset category ids
@@ -10,7 +10,7 @@
     metrics.json, report.md,      the final evaluation (COCO metrics and VOC mAP), the
     per_class.csv, pr_curves.png  per-class table and PR curves
 
-`retinanet evaluate`, ``predict`` and ``export`` read the config, the classes and a checkpoint
+`retinanet evaluate`, `predict` and `export` read the config, the classes and a checkpoint
 from it.
 """
 
@@ -38,7 +38,7 @@ def read_classes(workdir: str):
 
 
 def checkpoint_path(workdir: str, choice: str = "best") -> str:
-    """The ``.keras`` file for ``choice``: "best" (or "last" before any evaluation), "last",
+    """The `.keras` file for `choice`: "best" (or "last" before any evaluation), "last",
     or a path. Raises ValueError when it does not exist."""
     if choice in CHECKPOINT_CHOICES:
         path = os.path.join(workdir, "checkpoints", f"{choice}.keras")
