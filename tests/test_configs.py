@@ -35,7 +35,7 @@ def test_every_config_follows_the_schema(path):
     assert rconfig.to_dict(again) == rconfig.to_dict(config)
 
 
-def test_paper_recipe():
+def test_coco_config_is_the_papers_recipe():
     config = load("retinanet_r50_coco")
     assert config.model.backbone == "resnet50"
     assert (config.model.fpn_filters, config.model.head_convs, config.model.head_filters) == \

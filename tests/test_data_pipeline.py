@@ -261,7 +261,7 @@ def test_to_keras_cv(small_shapes):
     ({"max_boxes": 0}, "max_boxes must be a positive int"),
     ({"batch_size": 9}, "batch_size 9 is larger than the dataset"),
 ])
-def test_argument_errors(small_shapes, kwargs, message):
+def test_invalid_pipeline_arguments_raise_naming_them(small_shapes, kwargs, message):
     with pytest.raises(ValueError, match=message):
         data.pipeline(small_shapes, **kwargs)
     with pytest.raises(ValueError, match="dataset must be a DetectionDataset"):

@@ -60,7 +60,7 @@ def coco_fixture(root, annotations=None, images=None, categories=None):
     return str(path), str(root / "imgs")
 
 
-def test_coco_reader(tmp_path):
+def test_coco_reader_converts_xywh_clips_and_keeps_crowds_and_empty_images(tmp_path):
     dataset = data.from_coco(*coco_fixture(tmp_path))
     assert dataset.class_names == ["dog", "cat"]
     assert dataset.category_ids == [1, 3]
@@ -170,7 +170,7 @@ def test_parse_yaml_names_without_pyyaml(text, expected):
 # ---------------------------------------------------------------------------- CSV
 
 
-def test_csv_reader(tmp_path):
+def test_csv_reader_sorts_classes_and_keeps_images_without_boxes(tmp_path):
     write_image(tmp_path / "images" / "a.png", 30, 50)
     write_image(tmp_path / "images" / "b.png", 10, 10)
     csv_file = tmp_path / "labels.csv"

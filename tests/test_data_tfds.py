@@ -91,7 +91,7 @@ def test_coco_2017(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["voc/2007", "voc/2012"])
-def test_voc(tmp_path, name):
+def test_tfds_voc_gives_voc_class_names_and_pixel_boxes(tmp_path, name):
     examples = [voc_example("000005.jpg", [[0.5, 0.5, 1.0, 0.75]], [14], [True])]
     with mock_builder(examples):
         dataset = data.from_tfds(name, "train", data_dir=str(tmp_path))

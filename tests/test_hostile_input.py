@@ -174,7 +174,7 @@ def test_header_sizes_of_the_bomb_and_of_garbage(tmp_path, bomb_bytes):
         read_image_size(str(tmp_path / "junk.png"))
 
 
-def test_pixel_limit():
+def test_pixel_limit_allows_8000_squared_and_refuses_the_bomb():
     assert DEFAULT_MAX_IMAGE_PIXELS >= 64_000_000
     check_image_pixels(8000, 8000, DEFAULT_MAX_IMAGE_PIXELS, "photo.jpg")
     check_image_pixels(BOMB_SIDE, BOMB_SIDE, None, "bomb.png")

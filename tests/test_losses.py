@@ -96,6 +96,6 @@ def test_losses_are_float32_and_finite_from_float16():
         (lambda: SmoothL1Loss(beta=-0.1), "beta"),
     ],
 )
-def test_bad_arguments(factory, name):
+def test_invalid_loss_parameters_raise_naming_them(factory, name):
     with pytest.raises(ValueError, match=name):
         factory()

@@ -178,7 +178,7 @@ def test_backbone_weights_from_a_file(tmp_path):
     )
 
 
-def test_bad_arguments():
+def test_unknown_backbone_zero_classes_and_missing_weights_raise():
     with pytest.raises(ValueError, match="backbone"):
         retinanet.RetinaNet(3, backbone="vgg99")
     with pytest.raises(ValueError, match="num_classes"):

@@ -316,10 +316,6 @@ def test_convert_format_per_image_sizes_and_empty():
 # ----------------------------------------------------------------------------- box coder
 
 
-def test_clip_constant():
-    assert ops.BBOX_XFORM_CLIP == pytest.approx(math.log(62.5))
-
-
 def test_encode_hand_value_and_decode_back():
     # Anchor [0,0,10,10]: centre (5, 5), size 10 x 10. Box [2,4,12,24]: centre (7, 14), 10 x 20.
     # t_x = (7 - 5) / 10 = 0.2, t_y = (14 - 5) / 10 = 0.9, t_w = log 1 = 0, t_h = log 2.

@@ -26,7 +26,7 @@ def test_draw_detections_skips_padding_and_low_scores():
     assert not drawn[30:44, 25].any()  # below the threshold: not drawn
 
 
-def test_detection_labels():
+def test_detection_labels_give_name_and_score_or_the_class_id():
     assert visualization.detection_labels([1, 0], [0.5, 0.25], ["cat", "dog"]) == \
         ["dog 0.50", "cat 0.25"]
     assert visualization.detection_labels([3]) == ["3"]
