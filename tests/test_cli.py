@@ -85,6 +85,25 @@ def test_evaluate_writes_metrics_table_and_curves(trained, tmp_path):
     assert "per_class" in metrics["coco"]
 
 
+def test_a_checkpoint_with_an_unknown_class_gives_a_short_error(trained, tmp_path):
+    import zipfile
+
+    workdir, _ = trained
+    broken = tmp_path / "broken.keras"
+    with zipfile.ZipFile(workdir / "checkpoints" / "last.keras") as source, \
+            zipfile.ZipFile(broken, "w") as target:
+        for item in source.infolist():
+            content = source.read(item.filename)
+            if item.filename == "config.json":
+                content = content.replace(b'"FeaturePyramid"', b'"NoSuchPyramid"')
+            target.writestr(item, content)
+    result = cli("evaluate", f"--workdir={workdir}", f"--checkpoint={broken}",
+                 f"--output={tmp_path / 'eval'}", check=False)
+    lines = program_lines(result.stderr)
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-3000:]
+    assert "'NoSuchPyramid'" in lines[0] and len(lines[0]) < 400
+
+
 def test_predict_writes_coco_results_and_annotated_images(trained, tmp_path):
     from PIL import Image
 
@@ -183,11 +202,13 @@ def test_bad_input_gives_one_line_error(args, expected, tmp_path):
 
 
 # Runs `retinanet ARGS` with training held after the backup of epoch HOLD_EPOCH is written:
-# the process writes READY_FILE and waits there for the test's signal, so the moment of the
-# kill is fixed however fast the machine trains.
+# the process writes READY_FILE and waits there for the test's signal (or for a file named
+# like READY_FILE with the suffix .release), so the moment of the kill is fixed however fast
+# the machine trains.
 HOLD_AFTER_BACKUP = """
 import pathlib, sys, time
 hold_epoch, ready_file = int(sys.argv[1]), pathlib.Path(sys.argv[2])
+release_file = ready_file.with_suffix(".release")
 from retinanet.training.callbacks import ResumableBackup
 save = ResumableBackup._save_model
 def save_then_hold(self):
@@ -195,7 +216,7 @@ def save_then_hold(self):
     if self._current_epoch == hold_epoch:
         ready_file.write_text(str(self._current_epoch))
         deadline = time.monotonic() + 600  # only a guard against a test that never signals
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not release_file.exists():
             time.sleep(0.05)
 ResumableBackup._save_model = save_then_hold
 from retinanet.apps import cli
@@ -203,12 +224,9 @@ cli.run(["retinanet"] + sys.argv[3:])
 """
 
 
-def _train_and_kill(args, workdir, after_epoch=1, sig=signal.SIGKILL):
-    """Runs the `retinanet` ARGS (from `_train_args`) and sends `sig` while training is held
-    right after the backup of `after_epoch` epochs was written.
-
-    Returns (epochs in the backup, the process's exit code, its stderr).
-    """
+def _start_held(args, workdir, after_epoch=1):
+    """Starts the `retinanet` ARGS (from `_train_args`) and returns (process, ready, release)
+    once training is held right after the backup of `after_epoch` epochs was written."""
     environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     script = workdir.parent / "hold_after_backup.py"
     script.write_text(HOLD_AFTER_BACKUP)
@@ -216,12 +234,24 @@ def _train_and_kill(args, workdir, after_epoch=1, sig=signal.SIGKILL):
     process = subprocess.Popen(
         [sys.executable, str(script), str(after_epoch), str(ready), *args[3:]], cwd=ROOT,
         env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # Waits for the other process, whatever its speed; the limit only guards a hang.
+    deadline = time.monotonic() + 1200
+    while not ready.is_file() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if not ready.is_file():
+        process.kill()
+        raise AssertionError("training ended or hung before reaching the hold: "
+                             + process.communicate()[1][-3000:])
+    return process, ready, ready.with_suffix(".release")
+
+
+def _train_and_kill(args, workdir, after_epoch=1, sig=signal.SIGKILL):
+    """Runs ARGS and sends `sig` while training is held after `after_epoch` epochs.
+
+    Returns (epochs in the backup, the process's exit code, its stderr).
+    """
+    process, _, _ = _start_held(args, workdir, after_epoch)
     try:
-        # Waits for the other process, whatever its speed; the limit only guards a hang.
-        deadline = time.monotonic() + 1200
-        while not ready.is_file() and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert ready.is_file(), "training ended or hung before reaching the hold"
         process.send_signal(sig)
         _, stderr = process.communicate(timeout=600)
     finally:
@@ -229,6 +259,30 @@ def _train_and_kill(args, workdir, after_epoch=1, sig=signal.SIGKILL):
             process.kill()
     metadata = workdir / "backup" / "training_metadata.json"
     return json.loads(metadata.read_text())["epoch"], process.returncode, stderr
+
+
+@pytest.mark.slow
+def test_a_second_run_on_a_busy_workdir_refuses_and_leaves_the_first_intact(tmp_path):
+    workdir = tmp_path / "run"
+    first, _, release = _start_held(_train_args(workdir, "--config.data.shapes.train_seed=1"),
+                                    workdir)
+    try:
+        second = cli(*_train_args(workdir, "--config.data.shapes.train_seed=2")[3:],
+                     check=False)
+        lines = program_lines(second.stderr)
+        assert second.returncode == 2, second.stderr[-3000:]
+        assert len(lines) == 1 and "is in use by another run" in lines[0]
+        assert f"pid {first.pid}" in lines[0] and ".lock" in lines[0]
+        release.write_text("go")
+        _, stderr = first.communicate(timeout=600)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0, stderr[-3000:]
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["data"]["shapes"]["train_seed"] == 1  # the first run's, not overwritten
+    assert [int(r["epoch"]) for r in read_csv(workdir / "training_log.csv")] == [0, 1, 2, 3]
+    assert (workdir / "metrics.json").is_file() and not (workdir / ".lock").exists()
 
 
 def _train_args(workdir, *overrides):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import signal
 import sys
 
@@ -109,7 +110,17 @@ def _load_model(workdir: str):
 
     path = run_folder.checkpoint_path(workdir, FLAGS.checkpoint)
     print(f"Loading {path}", flush=True)
-    return keras.saving.load_model(path)
+    try:
+        return keras.saving.load_model(path)
+    except TypeError as error:
+        # Keras's message for an unknown class runs to thousands of characters (the whole
+        # config); the class name is what the user needs.
+        unknown = re.search(r"Could not locate class '([^']+)'", str(error))
+        if unknown is None:
+            raise
+        raise ValueError(f"{path}: not a checkpoint this package can load: it holds a class "
+                         f"'{unknown.group(1)}' that neither Keras nor retinanet defines") \
+            from None
 
 
 def _set_precision():

@@ -7,8 +7,10 @@ version or at its new one, never half written.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import tempfile
 
 import keras
 
@@ -67,9 +69,17 @@ class Checkpoints(keras.callbacks.Callback):
         return value > self.best if self.mode == "max" else value < self.best
 
     def _save(self, path: str):
-        tmp = path[: -len(".keras")] + ".tmp.keras"  # save() wants the .keras suffix
-        self.model.save(tmp, overwrite=True)
-        os.replace(tmp, path)
+        # A unique temporary name (save() wants the .keras suffix), renamed over the target.
+        descriptor, tmp = tempfile.mkstemp(prefix=os.path.basename(path)[:-6] + ".",
+                                           suffix=".tmp.keras", dir=self.directory)
+        os.close(descriptor)
+        try:
+            self.model.save(tmp, overwrite=True)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise
 
     def on_epoch_end(self, epoch, logs=None):
         os.makedirs(self.directory, exist_ok=True)
@@ -145,7 +155,7 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         previous = read_json(metadata_path) or {}
         epoch, batch = _keras_compat.backup_progress(self)
         name = f"epoch_{epoch:05d}_batch_{batch:06d}.weights.h5"
-        tmp = os.path.join(self.write_dir, f"tmp_{name}")
+        tmp = os.path.join(self.write_dir, f"tmp_{os.getpid()}_{name}")
         self.model.save_weights(tmp, overwrite=True)
         os.replace(tmp, os.path.join(self.write_dir, name))
         metadata = {"epoch": epoch, "batch": batch, "weights": name}

@@ -124,7 +124,36 @@ def train(config, workdir: str, *, strategy: str = "default", precision: str = "
     Returns:
         `{"model", "results", "class_names", "val_dataset", "val_data"}` on the chief (the
         model evaluated and the evaluation results); None on other workers.
+
+    Raises:
+        ValueError: another run holds the workdir (`retinanet.training.workdir.WorkdirLock`).
     """
+    lock = run_folder.WorkdirLock(workdir) if _is_chief_process(strategy) else \
+        contextlib.nullcontext()
+    with lock:
+        return _train(config, workdir, strategy=strategy, precision=precision, verbose=verbose,
+                      tpu=tpu, keep_worker_dirs=keep_worker_dirs)
+
+
+def _is_chief_process(strategy: str) -> bool:
+    """False for the non-chief workers of a multi-worker cluster (they share the chief's
+    lock), from TF_CONFIG as `_worker` reads it from the strategy."""
+    if strategy != "multi_worker_mirrored":
+        return True
+    try:
+        tf_config = json.loads(os.environ.get("TF_CONFIG", "{}"))
+    except json.JSONDecodeError:
+        return True  # make_strategy reports a bad TF_CONFIG
+    task = tf_config.get("task", {})
+    if task.get("type") == "chief":
+        return True
+    return task.get("type") == "worker" and int(task.get("index", 0)) == 0 and \
+        "chief" not in tf_config.get("cluster", {})
+
+
+def _train(config, workdir: str, *, strategy: str, precision: str, verbose: int, tpu: str,
+           keep_worker_dirs: bool):
+    """The body of `train`, under the workdir lock."""
     rconfig.validate(config)
     # Multi-worker and TPU strategies must exist before any other TensorFlow work; otherwise
     # read the data first, so a bad path fails before TensorFlow starts up its devices.

@@ -9,6 +9,7 @@
     training_log.csv              one row per epoch (loss, val_AP, ..., optimizer step)
     metrics.json, report.md,      the final evaluation (COCO metrics and VOC mAP), the
     per_class.csv, pr_curves.png  per-class table and PR curves
+    .lock                         while a run trains here (`WorkdirLock`)
 
 `retinanet evaluate`, `predict` and `export` read the config, the classes and a checkpoint
 from it.
@@ -16,7 +17,11 @@ from it.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import socket
+import time
 
 from retinanet import atomic
 
@@ -49,3 +54,84 @@ def checkpoint_path(workdir: str, choice: str = "best") -> str:
     if not os.path.isfile(path):
         raise ValueError(f"--checkpoint={choice}: checkpoint not found: {path}")
     return path
+
+
+LOCK_FILE = ".lock"
+
+
+class WorkdirLock:
+    """An exclusive lock on a run folder, held while `retinanet train` runs in it.
+
+    The lock is the file ``WORKDIR/.lock``, created with O_EXCL and holding the owner's pid,
+    host and start time. A second run refuses to start, naming the holder. A lock left by a
+    run that died (same host, pid no longer alive, or an unreadable lock file) is stale and
+    taken over. The workers of one multi-worker cluster are one run: only the chief locks.
+
+    Use as a context manager, or `acquire` / `release`.
+    """
+
+    def __init__(self, workdir: str):
+        self.workdir = workdir
+        self.path = os.path.join(workdir, LOCK_FILE)
+        self.held = False
+        self._created_workdir = False
+
+    def _holder(self):
+        """The lock file's content, or None when it is stale or unreadable."""
+        info = atomic.read_json(self.path)
+        if not isinstance(info, dict) or not isinstance(info.get("pid"), int):
+            return None
+        if info.get("host") == socket.gethostname() and not _alive(info["pid"]):
+            return None
+        return info
+
+    def acquire(self):
+        if not os.path.isdir(self.workdir):
+            os.makedirs(self.workdir, exist_ok=True)
+            self._created_workdir = True
+        for _ in range(3):  # a stale lock is removed and the create retried
+            try:
+                descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder is not None:
+                    raise ValueError(
+                        f"--workdir={self.workdir} is in use by another run "
+                        f"(pid {holder['pid']} on {holder.get('host')}, since "
+                        f"{holder.get('started')}); wait for it, use another --workdir, or "
+                        f"delete {self.path} if that run is gone") from None
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(self.path)
+                continue
+            with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+                json.dump({"pid": os.getpid(), "host": socket.gethostname(),
+                           "started": time.strftime("%Y-%m-%d %H:%M:%S")}, file)
+            self.held = True
+            return self
+        raise ValueError(f"{self.path}: could not take the workdir lock")
+
+    def release(self):
+        """Removes the lock, and the workdir too when this lock created it and it is empty."""
+        if self.held:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.path)
+            self.held = False
+        if self._created_workdir:
+            with contextlib.suppress(OSError):
+                os.rmdir(self.workdir)  # only succeeds when nothing was written
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc_info):
+        self.release()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
