@@ -6,14 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from retinanet.evaluation.analysis import (
-    ERROR_TYPES,
-    ErrorAnalyzer,
-    best_f1,
-    plot_error_gallery,
-    tide_ap,
-    write_analysis,
-)
+from retinanet.evaluation.analysis import ErrorAnalyzer
+from retinanet.evaluation.analysis_report import plot_error_gallery, write_analysis
+from retinanet.evaluation.confusion import best_f1
+from retinanet.evaluation.tide import ERROR_TYPES, tide_ap
 
 CAT, DOG = 0, 1
 # tidecv's short names for our error types.

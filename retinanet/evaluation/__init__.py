@@ -34,7 +34,8 @@ Results:
 `name` is `class_names[c]`, or `str(c)` without names.
 """
 
-from retinanet.evaluation.analysis import ErrorAnalyzer, plot_error_gallery, write_analysis
+from retinanet.evaluation.analysis import ErrorAnalyzer
+from retinanet.evaluation.analysis_report import plot_error_gallery, write_analysis
 from retinanet.evaluation.callback import EvaluationCallback
 from retinanet.evaluation.coco import COCO_METRIC_NAMES, COCOEvaluator
 from retinanet.evaluation.inputs import ImageAccumulator, ImageRecord, check_image

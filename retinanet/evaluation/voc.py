@@ -25,26 +25,18 @@ from retinanet.evaluation.inputs import ImageAccumulator
 METHODS = ("all_points", "11_points")
 
 
-def pairwise_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
-    """IoU of every pair, continuous coordinates (area = (x2 - x1) * (y2 - y1)).
+def pairwise_iou(boxes_a, boxes_b) -> np.ndarray:
+    """`retinanet.ops.box_iou` for numpy callers: float [N, 4] and [M, 4] xyxy -> float64 [N, M].
 
-    Args:
-        boxes_a: float [N, 4] xyxy.
-        boxes_b: float [M, 4] xyxy.
-
-    Returns:
-        float64 [N, M]; 0 where the union is empty (two zero-area boxes).
+    Continuous coordinates (area = (x2 - x1) * (y2 - y1)); 0 where the union is empty.
     """
-    a = np.asarray(boxes_a, np.float64).reshape(-1, 4)[:, None, :]
-    b = np.asarray(boxes_b, np.float64).reshape(-1, 4)[None, :, :]
-    inter_w = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
-    inter_h = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
-    inter = inter_w * inter_h
-    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
-    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-    union = area_a + area_b - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+    from retinanet import ops
+
+    a = np.asarray(boxes_a, np.float64).reshape(-1, 4)
+    b = np.asarray(boxes_b, np.float64).reshape(-1, 4)
+    if not (len(a) and len(b)):
+        return np.zeros((len(a), len(b)))
+    return ops.box_iou(a, b).numpy().astype(np.float64)
 
 
 def voc_ap(recall: np.ndarray, precision: np.ndarray, method: str = "all_points") -> float:
