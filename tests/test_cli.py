@@ -95,7 +95,7 @@ def test_a_checkpoint_with_an_unknown_class_gives_a_short_error(trained, tmp_pat
         for item in source.infolist():
             content = source.read(item.filename)
             if item.filename == "config.json":
-                content = content.replace(b'"FeaturePyramid"', b'"NoSuchPyramid"')
+                content = content.replace(b"FeaturePyramid", b"NoSuchPyramid")
             target.writestr(item, content)
     result = cli("evaluate", f"--workdir={workdir}", f"--checkpoint={broken}",
                  f"--output={tmp_path / 'eval'}", check=False)

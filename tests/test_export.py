@@ -308,6 +308,20 @@ def test_resize_in_the_graph_maps_boxes_back_to_input_pixels(model, images, tmp_
     assert detections["boxes"][..., 1::2].max() <= HEIGHT
 
 
+def test_both_signatures_refuse_images_over_the_pixel_limit(model, images, tmp_path):
+    limit = HEIGHT * WIDTH - 1
+    path = export.export_saved_model(model, tmp_path / "capped", max_image_pixels=limit)
+    loaded = tf.saved_model.load(path)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=f"at most {limit} pixels"):
+        loaded.signatures[export.SERVING_SIGNATURE](images=tf.constant(images))
+    encoded = tf.io.encode_png(tf.constant(images[0]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="pixel"):
+        loaded.signatures[export.BYTES_SIGNATURE](image_bytes=tf.stack([encoded]))
+    # One pixel smaller passes.
+    small = tf.constant(images[:, :HEIGHT - 1])
+    assert loaded.signatures[export.SERVING_SIGNATURE](images=small)["boxes"].shape[0] == 2
+
+
 # ----------------------------------------------------------------------------- LiteRT
 
 
