@@ -39,6 +39,20 @@ OUTSIDE_BOX = "box outside the image"
 NON_FINITE_BOX = "box with non-finite coordinates"
 
 
+# At most this many "<file>: <detail>" entries are kept per problem kind.
+MAX_NAMED_FILES = 100
+
+
+class SkipCounts(dict):
+    """The skip counts dict, ``{"images": {kind: n}, "boxes": {kind: n}}``, plus ``files``.
+
+    ``files`` is ``{kind: ["<file>: <detail>", ...]}`` (capped at `MAX_NAMED_FILES` per kind).
+    It is an attribute, not a key, so the dict compares and serialises as before.
+    """
+
+    files: dict = {}
+
+
 class DataWarning(UserWarning):
     """The one warning a reader emits when it skipped invalid input."""
 
@@ -99,6 +113,9 @@ class Problems:
         self.skip_invalid = bool(skip_invalid)
         self.images: collections.Counter = collections.Counter()
         self.boxes: collections.Counter = collections.Counter()
+        # {kind: ["<file>: <detail>", ...]}, the first MAX_NAMED_FILES of each kind, so that
+        # diagnostics can name the culprits and not only count them.
+        self.files: dict = collections.defaultdict(list)
 
     def image(self, file: str, kind: str, detail: str = "") -> None:
         """Reports a problem that invalidates a whole image (which is then skipped)."""
@@ -113,11 +130,19 @@ class Problems:
             raise ValueError(f"{file}: {kind}" + (f": {detail}" if detail else "")
                              + " (pass skip_invalid=True to skip such input and count it)")
         counter[kind] += 1
+        if len(self.files[kind]) < MAX_NAMED_FILES:
+            self.files[kind].append(f"{file}: {detail}" if detail else file)
 
     @property
-    def counts(self) -> dict:
-        """{"images": {kind: n}, "boxes": {kind: n}} of what was skipped."""
-        return {"images": dict(self.images), "boxes": dict(self.boxes)}
+    def counts(self) -> "SkipCounts":
+        """{"images": {kind: n}, "boxes": {kind: n}} of what was skipped.
+
+        A `SkipCounts`: a plain dict of the counts whose `files` attribute holds the named
+        culprits per kind (see `Problems.files`).
+        """
+        counts = SkipCounts(images=dict(self.images), boxes=dict(self.boxes))
+        counts.files = {kind: list(names) for kind, names in self.files.items()}
+        return counts
 
     def finish(self, num_images: int, source: str) -> None:
         """Logs the one skip warning, and raises if no image is left."""
