@@ -21,9 +21,6 @@ import numpy as np
 SIZE_BUCKETS = (("small", 0.0, 32.0**2), ("medium", 32.0**2, 96.0**2),
                 ("large", 96.0**2, math.inf))
 PERCENTILES = (5, 25, 50, 75, 95)
-# Upper bound on B * N * A elements of one IoU batch (float32: 4 bytes each); the matcher
-# holds a few tensors of this size at once.
-MAX_BATCH_ELEMENTS = 2**23
 
 
 def _records(data):
@@ -121,6 +118,56 @@ def scaled_boxes(records, image_size) -> ScaledBoxes:
     return ScaledBoxes(boxes=boxes, classes=classes,
                        image_index=np.repeat(np.arange(len(records)), counts),
                        box_offsets=offsets, image_scale=scales, image_canvas=canvases)
+
+
+def analytic_best_iou(boxes, canvas, min_level, max_level, anchor_sizes, scales,
+                      aspect_ratios) -> np.ndarray:
+    """Each box's best IoU against the anchors of every candidate anchor size, in closed form.
+
+    The best anchor of one shape (level, scale, ratio) for a box is the one whose centre is
+    nearest the box centre on each axis: the overlap of two intervals only shrinks as their
+    centres move apart, and the IoU grows with the overlap. So no anchor tensor is needed.
+    The reported IoUs come from `ops.box_iou`; this formula serves the anchor search
+    (`fitting`) and bounds which anchors `anchor_coverage` must look at.
+
+    Args:
+        boxes: float ``[N, 4]``, xyxy, absolute pixels at the training size.
+        canvas: int ``[N, 2]``, the (height, width) of each box's padded canvas.
+        min_level, max_level: the pyramid levels (stride ``2**level``).
+        anchor_sizes: float ``[G]``, candidate ``anchor_size`` values.
+        scales, aspect_ratios: float sequences, as `AnchorGenerator` takes them.
+
+    Returns:
+        float64 ``[N, G]``: the highest IoU of each box over all anchors of each generator
+        ``AnchorGenerator(min_level, max_level, anchor_sizes[g], scales, aspect_ratios)``.
+    """
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    canvas = np.asarray(canvas, np.int64).reshape(-1, 2)
+    anchor_sizes = np.asarray(anchor_sizes, np.float64).reshape(-1)
+    scales = np.asarray(scales, np.float64)
+    ratios = np.asarray(aspect_ratios, np.float64)
+    x1, y1, x2, y2 = (boxes[:, i, None, None] for i in range(4))  # [N, 1, 1]
+    area = (x2 - x1) * (y2 - y1)
+    # [G, S] anchor widths and heights before the level's stride.
+    sides = anchor_sizes[:, None] * np.outer(scales, np.ones_like(ratios)).reshape(1, -1)
+    root = np.sqrt(np.outer(np.ones_like(scales), ratios)).reshape(1, -1)
+    unit_w, unit_h = sides / root, sides * root
+    best = np.zeros((boxes.shape[0], anchor_sizes.size))
+    for level in range(min_level, max_level + 1):
+        stride = float(2**level)
+        cols = (canvas[:, 1] + 2**level - 1) // 2**level
+        rows = (canvas[:, 0] + 2**level - 1) // 2**level
+        # The nearest anchor centre on each axis, clamped to the grid.
+        cx = (np.clip(np.floor((x1 + x2)[:, 0, 0] / 2 / stride), 0, cols - 1) + 0.5) * stride
+        cy = (np.clip(np.floor((y1 + y2)[:, 0, 0] / 2 / stride), 0, rows - 1) + 0.5) * stride
+        half_w, half_h = unit_w * stride / 2, unit_h * stride / 2  # [G, S]
+        cx, cy = cx[:, None, None], cy[:, None, None]
+        overlap_w = np.minimum(x2, cx + half_w) - np.maximum(x1, cx - half_w)
+        overlap_h = np.minimum(y2, cy + half_h) - np.maximum(y1, cy - half_h)
+        inter = np.maximum(overlap_w, 0.0) * np.maximum(overlap_h, 0.0)
+        iou = inter / np.maximum(area + 4 * half_w * half_h - inter, 1e-12)
+        best = np.maximum(best, iou.max(axis=-1))
+    return best
 
 
 @dataclasses.dataclass
@@ -259,53 +306,50 @@ def anchor_coverage(data, anchor_generator, image_size, positive_iou=0.5, negati
     best_iou = np.zeros(num_boxes, np.float32)
     best_anchor = np.zeros((num_boxes, 4), np.float32)
     matched_low_quality = np.zeros(num_boxes, bool)
-    counts = np.diff(scaled.box_offsets)
 
-    groups = {}  # canvas -> record indices with boxes, fewest boxes first (less padding)
-    for index in np.argsort(counts, kind="stable"):
-        if counts[index]:
-            groups.setdefault(tuple(scaled.image_canvas[index]), []).append(int(index))
-    done = int((counts == 0).sum())
-    if progress:
-        progress(done)
-    for (height, width), indices in groups.items():
-        anchors = anchor_generator(int(height), int(width))
-        num_anchors = int(anchors.shape[0])
-        anchors_np = anchors.numpy()
-        start = 0
-        while start < len(indices):
-            # Largest batch within the element budget; the last image has the most boxes.
-            size = 1
-            while (start + size < len(indices) and (size + 1) * num_anchors *
-                   counts[indices[start + size]] <= MAX_BATCH_ELEMENTS):
-                size += 1
-            batch = indices[start:start + size]
-            start += size
-            most = int(counts[batch[-1]])
-            boxes = np.full((len(batch), most, 4), -1.0, np.float32)
-            classes = np.full((len(batch), most), -1, np.int32)
-            for row, index in enumerate(batch):
-                first, last = scaled.box_offsets[index], scaled.box_offsets[index + 1]
-                boxes[row, :last - first] = scaled.boxes[first:last]
-                classes[row, :last - first] = 0  # any valid class: matching ignores it
-            iou = ops.box_iou(tf.constant(boxes), anchors)  # [B, N, A]
-            batch_best = tf.reduce_max(iou, axis=-1).numpy()
-            batch_argmax = tf.argmax(iou, axis=-1, output_type=tf.int32).numpy()
+    if low_quality:
+        match = encoder.match
+    else:  # no matcher: the states are not needed
+        def match(anchors, boxes, classes):
+            return tf.zeros([1, tf.shape(anchors)[0]], tf.int32), tf.zeros(
+                [1, tf.shape(anchors)[0]], tf.int32)
+
+    @tf.function(autograph=False,  # plain tensor ops: no conversion needed
+                 input_signature=[tf.TensorSpec([None, 4], tf.float32),
+                                  tf.TensorSpec([None, 4], tf.float32)])
+    def match_image(anchors, boxes):
+        iou = ops.box_iou(boxes, anchors)  # [N, A]
+        matched_index, states = match(anchors, boxes[None],
+                                      tf.zeros(tf.shape(boxes)[:1], tf.int32)[None])
+        return (tf.reduce_max(iou, axis=1), tf.argmax(iou, axis=1, output_type=tf.int32),
+                matched_index[0], states[0])
+
+    # Lower bounds of what each box needs (see `_relevant_anchors`); the margin covers the
+    # float32 rounding of `ops.box_iou`.
+    thresholds = np.minimum(analytic_best_iou(
+        scaled.boxes, scaled.canvas, anchor_generator.min_level, anchor_generator.max_level,
+        [anchor_generator.anchor_size], anchor_generator.scales,
+        anchor_generator.aspect_ratios)[:, 0], positive_iou) - 1e-3
+    layouts = {}  # canvas -> (anchors [A, 4] numpy, per-level grid layout)
+    for index in range(len(records)):
+        first, last = scaled.box_offsets[index], scaled.box_offsets[index + 1]
+        if last > first:
+            canvas = tuple(int(v) for v in scaled.image_canvas[index])
+            if canvas not in layouts:
+                layouts[canvas] = _anchor_layout(anchor_generator, *canvas)
+            anchors, layout = layouts[canvas]
+            boxes = scaled.boxes[first:last]
+            subset = _relevant_anchors(boxes, thresholds[first:last], layout, len(anchors))
+            best, argmax, matched_index, states = (t.numpy() for t in match_image(
+                tf.constant(anchors[subset]), tf.constant(boxes)))
+            best_iou[first:last] = best
+            best_anchor[first:last] = anchors[subset[argmax]]
             if low_quality:
-                matched_index, states = encoder.match(anchors, boxes, classes)
-                matched_index, states = matched_index.numpy(), states.numpy()
-            for row, index in enumerate(batch):
-                first, last = scaled.box_offsets[index], scaled.box_offsets[index + 1]
-                n = last - first
-                best_iou[first:last] = batch_best[row, :n]
-                best_anchor[first:last] = anchors_np[batch_argmax[row, :n]]
-                if low_quality:
-                    claimed = np.zeros(most + 1, bool)
-                    claimed[matched_index[row][states[row] == 1]] = True
-                    matched_low_quality[first:last] = claimed[:n]
-            done += len(batch)
-            if progress:
-                progress(done)
+                claimed = np.zeros(last - first + 1, bool)
+                claimed[matched_index[states == 1]] = True
+                matched_low_quality[first:last] = claimed[:-1]
+        if progress and (index % 16 == 15 or index == len(records) - 1):
+            progress(index + 1)
 
     covered = best_iou >= np.float32(positive_iou)
     summary = {"num_images": len(records), "num_boxes": num_boxes}
@@ -320,6 +364,60 @@ def anchor_coverage(data, anchor_generator, image_size, positive_iou=0.5, negati
     return Coverage(summary=summary, scaled=scaled, best_iou=best_iou,
                     best_anchor=best_anchor, covered=covered,
                     matched_low_quality=matched_low_quality)
+
+
+def _anchor_layout(anchor_generator, height, width):
+    """The anchors of a canvas as numpy ``[A, 4]`` and, per level, (first index, rows, cols,
+    stride, half widths [S], half heights [S], areas [S]) of its S anchors per location."""
+    anchors = anchor_generator(height, width).numpy()
+    layout, first = [], 0
+    per_location = anchor_generator.num_anchors_per_location
+    for level in anchor_generator.levels:
+        rows = anchor_generator.feature_size(height, level)
+        cols = anchor_generator.feature_size(width, level)
+        shapes = anchors[first:first + per_location].astype(np.float64)  # location (0, 0)
+        widths, heights = shapes[:, 2] - shapes[:, 0], shapes[:, 3] - shapes[:, 1]
+        layout.append((first, rows, cols, 2.0**level, widths / 2, heights / 2,
+                       widths * heights))
+        first += rows * cols * per_location
+    return anchors, layout
+
+
+def _relevant_anchors(boxes, thresholds, layout, num_anchors):
+    """Sorted indices of a superset of the anchors with IoU >= ``thresholds[j]`` with some box.
+
+    Args:
+        boxes: float ``[N, 4]``, xyxy at the training size.
+        thresholds: float ``[N]``, a little under ``min(positive_iou, best IoU of box j)``.
+
+    Why this is exact: an anchor whose IoU with every box j is under both positive_iou and
+    j's best IoU is negative or ignored and is no box's best anchor, so `LabelEncoder.match`
+    gives every other anchor the same state and box on this subset as on all anchors (argmax
+    ties keep their order: the subset is sorted). An anchor can only reach IoU t with a box
+    if their areas are within a factor t of each other and they overlap, which bounds the
+    shapes and the grid window per level. The IoU tensors shrink by orders of magnitude.
+    """
+    mask = np.zeros(num_anchors, bool)
+    boxes = np.asarray(boxes, np.float64)
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    for first, rows, cols, stride, half_w, half_h, shape_areas in layout:
+        grid = mask[first:first + rows * cols * half_w.size].reshape(rows, cols, -1)
+        ratio = (np.minimum(areas[:, None], shape_areas[None]) /
+                 np.maximum(np.maximum(areas[:, None], shape_areas[None]), 1e-12))
+        usable = ratio >= thresholds[:, None]  # [N, S]
+        for (x1, y1, x2, y2), shapes in zip(boxes, usable):
+            if not shapes.any():
+                continue
+            reach_w, reach_h = half_w[shapes].max(), half_h[shapes].max()
+            # Centres (k + 0.5) * stride that overlap the box, one cell to spare.
+            c0 = int(np.floor((x1 - reach_w) / stride - 0.5)) - 1
+            c1 = int(np.ceil((x2 + reach_w) / stride - 0.5)) + 2
+            r0 = int(np.floor((y1 - reach_h) / stride - 0.5)) - 1
+            r1 = int(np.ceil((y2 + reach_h) / stride - 0.5)) + 2
+            window = grid[max(r0, 0):min(r1, rows), max(c0, 0):min(c1, cols)]
+            window[..., shapes] = True
+    mask[0] = True  # never an empty set
+    return np.flatnonzero(mask)
 
 
 def _drop_low_quality(summary):

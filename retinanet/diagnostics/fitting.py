@@ -4,11 +4,9 @@ The objective is the best-possible recall at ``positive_iou`` (the share of boxe
 anchor at IoU >= positive_iou, see `retinanet.diagnostics.coverage`), with the mean best IoU
 breaking ties.
 
-Why it is fast: the best anchor of one shape (level, scale, ratio) for a box is the one whose
-centre is nearest the box centre on each axis, because the overlap of two intervals only
-shrinks as their centres move apart, and the IoU grows with the overlap. So the best IoU of
-every box against every candidate shape is a closed formula over the nearest grid centre
-(`analytic_best_iou`): no anchor tensors, exact up to float rounding. The search runs it on a
+Why it is fast: the best IoU of every box against every candidate anchor shape is a closed
+formula over the nearest grid centre (`coverage.analytic_best_iou`): no anchor tensors, exact
+up to float rounding. The search runs it on a
 subsample of the boxes; the best few candidates are then confirmed with the real coverage
 function (`anchor_coverage`, i.e. `AnchorGenerator` and `ops.box_iou`) on every box.
 
@@ -26,57 +24,13 @@ import shlex
 
 import numpy as np
 
-from retinanet.diagnostics.coverage import anchor_coverage, scaled_boxes
+from retinanet.diagnostics.coverage import analytic_best_iou, anchor_coverage, scaled_boxes
 
 OVERRIDE_PREFIX = "--config.model.anchors."
 SIGNIFICANT_DIGITS = 4
 # Among candidates with more anchors per location, a larger one must gain at least this much
 # best-possible recall to be preferred (more anchors cost compute in the heads and NMS).
 RECALL_TOLERANCE = 0.002
-
-
-def analytic_best_iou(boxes, canvas, min_level, max_level, anchor_sizes, scales,
-                      aspect_ratios) -> np.ndarray:
-    """Each box's best IoU against the anchors of every candidate anchor size.
-
-    Args:
-        boxes: float ``[N, 4]``, xyxy, absolute pixels at the training size.
-        canvas: int ``[N, 2]``, the (height, width) of each box's padded canvas.
-        min_level, max_level: the pyramid levels (stride ``2**level``).
-        anchor_sizes: float ``[G]``, candidate ``anchor_size`` values.
-        scales, aspect_ratios: float sequences, as `AnchorGenerator` takes them.
-
-    Returns:
-        float64 ``[N, G]``: the highest IoU of each box over all anchors of each generator
-        ``AnchorGenerator(min_level, max_level, anchor_sizes[g], scales, aspect_ratios)``.
-    """
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    canvas = np.asarray(canvas, np.int64).reshape(-1, 2)
-    anchor_sizes = np.asarray(anchor_sizes, np.float64).reshape(-1)
-    scales = np.asarray(scales, np.float64)
-    ratios = np.asarray(aspect_ratios, np.float64)
-    x1, y1, x2, y2 = (boxes[:, i, None, None] for i in range(4))  # [N, 1, 1]
-    area = (x2 - x1) * (y2 - y1)
-    # [G, S] anchor widths and heights before the level's stride.
-    sides = anchor_sizes[:, None] * np.outer(scales, np.ones_like(ratios)).reshape(1, -1)
-    root = np.sqrt(np.outer(np.ones_like(scales), ratios)).reshape(1, -1)
-    unit_w, unit_h = sides / root, sides * root
-    best = np.zeros((boxes.shape[0], anchor_sizes.size))
-    for level in range(min_level, max_level + 1):
-        stride = float(2**level)
-        cols = (canvas[:, 1] + 2**level - 1) // 2**level
-        rows = (canvas[:, 0] + 2**level - 1) // 2**level
-        # The nearest anchor centre on each axis, clamped to the grid.
-        cx = (np.clip(np.floor((x1 + x2)[:, 0, 0] / 2 / stride), 0, cols - 1) + 0.5) * stride
-        cy = (np.clip(np.floor((y1 + y2)[:, 0, 0] / 2 / stride), 0, rows - 1) + 0.5) * stride
-        half_w, half_h = unit_w * stride / 2, unit_h * stride / 2  # [G, S]
-        cx, cy = cx[:, None, None], cy[:, None, None]
-        overlap_w = np.minimum(x2, cx + half_w) - np.maximum(x1, cx - half_w)
-        overlap_h = np.minimum(y2, cy + half_h) - np.maximum(y1, cy - half_h)
-        inter = np.maximum(overlap_w, 0.0) * np.maximum(overlap_h, 0.0)
-        iou = inter / np.maximum(area + 4 * half_w * half_h - inter, 1e-12)
-        best = np.maximum(best, iou.max(axis=-1))
-    return best
 
 
 def _score(best_iou, positive_iou):
