@@ -154,10 +154,21 @@ def test_debug_anchors_reports_matches_and_draws_them(tmp_path):
     assert "ground-truth boxes have an anchor" in result.stdout
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["num_images"] == 6 and report["num_boxes"] > 0
-    assert 0.0 <= report["matched"] <= report["matched_with_low_quality"] <= 1.0
-    assert report["matched_with_low_quality"] == 1.0  # every box claims its best anchor
+    assert 0.0 <= report["recall"] <= report["recall_low_quality"] <= 1.0
+    assert report["recall_low_quality"] == 1.0  # every box claims its best anchor
     assert set(report["by_size"]) == {"small", "medium", "large"}
     assert len(list(tmp_path.glob("*.png"))) == 3
+
+
+def test_doctor_writes_its_report_and_fitted_anchors(tmp_path):
+    result = cli("doctor", f"--config={TINY}", f"--output={tmp_path}", "--fit_anchors",
+                 "--config.data.shapes.num_train=6", "--verbose=0")
+    report = json.loads((tmp_path / "report.json").read_text(),
+                        parse_constant=lambda name: pytest.fail(f"{name} in report.json"))
+    assert report["dataset"]["num_images"] == 6
+    assert report["anchor_fit"]["after"]["recall"] >= report["anchor_fit"]["before"]["recall"]
+    assert "--config.model.anchors." in result.stdout
+    assert (tmp_path / "report.md").is_file() and len(list(tmp_path.glob("*.png"))) == 2
 
 
 def test_debug_anchors_flags_boxes_too_small_for_the_anchors(tmp_path):
@@ -166,7 +177,7 @@ def test_debug_anchors_flags_boxes_too_small_for_the_anchors(tmp_path):
                  "--config.model.anchors.anchor_size=16.0", "--config.data.shapes.max_size=20",
                  "--verbose=0")
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["matched"] == 0.0, result.stdout
+    assert report["recall"] == 0.0, result.stdout
 
 
 @pytest.mark.parametrize("args, expected", [

@@ -5,6 +5,7 @@
     retinanet predict --workdir=runs/shapes --images=FILE_OR_DIR --output=DIR
     retinanet export --workdir=runs/shapes --output=DIR [--format=saved_model|litert|onnx]
     retinanet debug-anchors --config=configs/shapes.py [--output=DIR] [--split=train]
+    retinanet doctor --config=configs/shapes.py [--output=DIR] [--split=train] [--fit_anchors]
 
 `retinanet.training.workdir` lists what a training run's workdir holds.
 
@@ -26,13 +27,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from retinanet import atomic  # noqa: E402
 from retinanet import config as rconfig  # noqa: E402
 from retinanet.training import datasets, trainer  # noqa: E402
 from retinanet.training import workdir as run_folder  # noqa: E402
 from retinanet.training.trainer import PRECISIONS, STRATEGIES, UsageError  # noqa: E402
 
-COMMANDS = ("train", "evaluate", "predict", "export", "debug-anchors")
+COMMANDS = ("train", "evaluate", "predict", "export", "debug-anchors", "doctor")
 EXIT_USAGE = 2
 
 FLAGS = flags.FLAGS
@@ -45,7 +45,7 @@ flags.DEFINE_enum("strategy", "default", STRATEGIES, "tf.distribute strategy for
 flags.DEFINE_string("tpu", "", "--strategy=tpu: TPU name or grpc:// address ('' = local TPU VM).")
 flags.DEFINE_enum("precision", "float32", PRECISIONS, "Keras dtype policy.")
 flags.DEFINE_enum("split", None, ["train", "val"],
-                  "Dataset split (evaluate: default val; debug-anchors: default train).")
+                  "Dataset split (evaluate: default val; debug-anchors, doctor: default train).")
 flags.DEFINE_string("checkpoint", "best",
                     "evaluate/predict/export: best, last, or the path of a .keras file.")
 flags.DEFINE_string("images", None, "predict: an image file or a folder (searched recursively).")
@@ -56,6 +56,8 @@ flags.DEFINE_float("score_threshold", None,
                    "predict: keep detections with at least this score (default: 0.3 for the "
                    "drawings, the config's postprocess.score_threshold for the JSON).")
 flags.DEFINE_integer("num_images", 16, "debug-anchors: how many images to draw.")
+flags.DEFINE_bool("fit_anchors", False, "doctor: search anchor sizes, scales and ratios that "
+                  "cover the boxes best; prints them as --config.model.anchors.* overrides.")
 flags.DEFINE_integer("verbose", 1, "Progress output: 0 silent, 1 progress bars, 2 one line "
                      "per epoch.")
 flags.DEFINE_bool("keep_worker_dirs", False,
@@ -238,21 +240,37 @@ def cmd_debug_anchors():
     config = _config(required=False)
     split = FLAGS.split or "train"
     output = FLAGS.output or os.path.join(FLAGS.workdir or "runs", "debug_anchors")
-    dataset = datasets.load_datasets(config, (split,))[split]
-    os.makedirs(output, exist_ok=True)
-    print(f"Matching anchors to the boxes of {len(dataset)} {split} images", flush=True)
-    from retinanet.apps.debug_anchors import anchor_coverage
+    from retinanet.apps.debug_anchors import debug_anchors
 
-    report = anchor_coverage(config, dataset, FLAGS.num_images, output, FLAGS.verbose)
-    path = os.path.join(output, "report.json")
-    atomic.write_json(path, report)
-    sizes = ", ".join(f"{name} {v['matched']:.1%} of {v['num_boxes']}"
+    dataset = datasets.load_datasets(config, (split,))[split]
+    print(f"Matching anchors to the boxes of {len(dataset)} {split} images", flush=True)
+    report = debug_anchors(config, dataset, output, FLAGS.num_images, FLAGS.verbose)
+    sizes = ", ".join(f"{name} {v['recall']:.1%} of {v['num_boxes']}"
                       for name, v in report["by_size"].items() if v["num_boxes"])
-    print(f"{report['matched']:.1%} of {report['num_boxes']} ground-truth boxes have an anchor "
+    print(f"{report['recall']:.1%} of {report['num_boxes']} ground-truth boxes have an anchor "
           f"with IoU >= {report['positive_iou']} ({sizes}); "
-          f"{report['matched_with_low_quality']:.1%} with low-quality matches. "
+          f"{report['recall_low_quality']:.1%} with low-quality matches. "
           f"Drawings (green matched, red not, yellow best anchor) and report.json in {output}",
           flush=True)
+
+
+def cmd_doctor():
+    """Checks the configured dataset: data health, anchor coverage, optionally fitted anchors."""
+    config = _config(required=False)
+    split = FLAGS.split or "train"
+    output = FLAGS.output or os.path.join(FLAGS.workdir or "runs", "doctor")
+    from retinanet.diagnostics import run_doctor, summary_text
+    from retinanet.training import builders
+
+    config.data.skip_invalid = True  # the doctor counts and names bad input instead of stopping
+    dataset = datasets.load_datasets(config, (split,))[split]
+    anchor_generator = builders.build_anchor_generator(config)
+    print(f"Examining {len(dataset)} {split} images", flush=True)
+    report = run_doctor(dataset, anchor_generator,
+                        builders.build_label_encoder(config, anchor_generator),
+                        rconfig.image_size(config), config.data.max_boxes, output,
+                        fit_anchors=FLAGS.fit_anchors, verbose=FLAGS.verbose)
+    print(summary_text(report), flush=True)
 
 
 # -- entry point --------------------------------------------------------------------------
@@ -263,6 +281,7 @@ HANDLERS = {
     "predict": cmd_predict,
     "export": cmd_export,
     "debug-anchors": cmd_debug_anchors,
+    "doctor": cmd_doctor,
 }
 
 

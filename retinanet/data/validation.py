@@ -1,22 +1,22 @@
 """Validation shared by the readers: image probing, box checks and the skip/raise policy.
 
 Every reader parses its annotations eagerly in Python, then runs each image and box through
-the helpers here. A problem either raises ``ValueError("<file>: <problem>")`` at once, or, with
-``skip_invalid=True``, skips the image or box and counts it; ``Problems.finish`` then logs all
+the helpers here. A problem either raises `ValueError("<file>: <problem>")` at once, or, with
+`skip_invalid=True`, skips the image or box and counts it; `Problems.finish` then logs all
 the counts in one warning line. Nothing is dropped silently.
 
 Corrupt images: a corrupt image is only certain at decode time, and a decode error inside
 tf.data cannot name the file. So the readers probe each image eagerly and cheaply (the default
-``check_images="header"``): the file must exist, start with a JPEG/PNG/GIF/BMP/WebP signature,
+`check_images="header"`): the file must exist, start with a JPEG/PNG/GIF/BMP/WebP signature,
 have a readable header (its size), and a JPEG/PNG/GIF must end with its end marker (EOI, IEND,
 trailer). A file that fails the end-marker test is decoded once with TensorFlow, the same
 decoder the pipeline uses, so truncated files are caught here with their name. Damage in the
 middle of a file that leaves header and end marker intact is only caught with
-``check_images="decode"`` (a full eager decode of every image, slower); otherwise it surfaces
-as a ``tf.errors.InvalidArgumentError`` from the decode op while iterating.
+`check_images="decode"` (a full eager decode of every image, slower); otherwise it surfaces
+as a `tf.errors.InvalidArgumentError` from the decode op while iterating.
 
 Decompression bombs: before anything else reads an image, its header size is read without
-decoding (`image_header.read_image_size`) and checked against ``max_image_pixels`` (default
+decoding (`image_header.read_image_size`) and checked against `max_image_pixels` (default
 `image_header.DEFAULT_MAX_IMAGE_PIXELS`, 100 megapixels); an image over it is a problem of
 kind TOO_LARGE_IMAGE and is never decoded, not even by the fallback decode above.
 
@@ -58,6 +58,20 @@ BAD_CLASS_NAME = "invalid class name"
 CLIP_TOLERANCE = 1.0
 
 
+# At most this many "<file>: <detail>" entries are kept per problem kind.
+MAX_NAMED_FILES = 100
+
+
+class SkipCounts(dict):
+    """The skip counts dict, `{"images": {kind: n}, "boxes": {kind: n}}`, plus `files`.
+
+    `files` is `{kind: ["<file>: <detail>", ...]}` (capped at `MAX_NAMED_FILES` per kind).
+    It is an attribute, not a key, so the dict compares and serialises as before.
+    """
+
+    files: dict = {}
+
+
 class DataWarning(UserWarning):
     """The one warning a reader emits when it skipped invalid input."""
 
@@ -67,14 +81,14 @@ class Record:
     """The parsed annotations of one image, available without decoding the image.
 
     Attributes:
-      image_id: str, unique within the dataset (COCO: the numeric id as a string; VOC, CSV,
-        YOLO: the file name without extension; shapes: the index).
-      path: str or None, the image file (None for generated or TFDS images).
-      height, width: int, the image size in pixels (read from the image header).
-      boxes: float32 [N, 4], xyxy, absolute pixels, clipped to the image.
-      classes: int32 [N], 0-based into the dataset's class_names.
-      is_crowd: bool [N] (COCO iscrowd; False elsewhere).
-      difficult: bool [N] (VOC difficult; False elsewhere).
+        image_id: str, unique within the dataset (COCO: the numeric id as a string; VOC, CSV,
+            YOLO: the file name without extension; shapes: the index).
+        path: str or None, the image file (None for generated or TFDS images).
+        height, width: int, the image size in pixels (read from the image header).
+        boxes: float32 [N, 4], xyxy, absolute pixels, clipped to the image.
+        classes: int32 [N], 0-based into the dataset's class_names.
+        is_crowd: bool [N] (COCO iscrowd; False elsewhere).
+        difficult: bool [N] (VOC difficult; False elsewhere).
     """
 
     image_id: str
@@ -112,8 +126,8 @@ class Problems:
     """Raises on the first problem, or counts skipped images and boxes when skip_invalid.
 
     Args:
-      reader: str, names the call in the warning, e.g. "from_voc('data/raccoon')".
-      skip_invalid: bool, skip and count instead of raising.
+        reader: str, names the call in the warning, e.g. "from_voc('data/raccoon')".
+        skip_invalid: bool, skip and count instead of raising.
     """
 
     def __init__(self, reader: str, skip_invalid: bool):
@@ -122,6 +136,9 @@ class Problems:
         self.images: collections.Counter = collections.Counter()
         self.boxes: collections.Counter = collections.Counter()
         self.clipped = 0  # boxes clipped by more than CLIP_TOLERANCE, kept
+        # {kind: ["<file>: <detail>", ...]}, the first MAX_NAMED_FILES of each kind, so that
+        # diagnostics can name the culprits and not only count them.
+        self.files: dict = collections.defaultdict(list)
 
     def image(self, file: str, kind: str, detail: str = "") -> None:
         """Reports a problem that invalidates a whole image (which is then skipped)."""
@@ -140,11 +157,19 @@ class Problems:
             raise ValueError(f"{file}: {kind}" + (f": {detail}" if detail else "")
                              + " (pass skip_invalid=True to skip such input and count it)")
         counter[kind] += 1
+        if len(self.files[kind]) < MAX_NAMED_FILES:
+            self.files[kind].append(f"{file}: {detail}" if detail else file)
 
     @property
-    def counts(self) -> dict:
-        """{"images": {kind: n}, "boxes": {kind: n}} of what was skipped."""
-        return {"images": dict(self.images), "boxes": dict(self.boxes)}
+    def counts(self) -> "SkipCounts":
+        """{"images": {kind: n}, "boxes": {kind: n}} of what was skipped.
+
+        A `SkipCounts`: a plain dict of the counts whose `files` attribute holds the named
+        culprits per kind (see `Problems.files`).
+        """
+        counts = SkipCounts(images=dict(self.images), boxes=dict(self.boxes))
+        counts.files = {kind: list(names) for kind, names in self.files.items()}
+        return counts
 
     def finish(self, num_images: int, source: str) -> None:
         """Logs the one warning (skips and clipped boxes), and raises if no image is left."""
@@ -186,8 +211,8 @@ def make_record(image_id: str, path: str | None, height: int, width: int,
     more than CLIP_TOLERANCE pixels outside.
 
     Args:
-      class_index: maps each raw label to its 0-based class id.
-      file: the annotation file named in messages.
+        class_index: maps each raw label to its 0-based class id.
+        file: the annotation file named in messages.
     """
     boxes, classes, crowd, difficult = [], [], [], []
     for obj in objects:
@@ -310,13 +335,13 @@ def probe_image(path: str, check_images: str = "header",
     The header size is checked against `max_image_pixels` before anything decodes the image.
 
     Args:
-      path: the image file.
-      check_images: "header" (signature, header and end marker; a full decode only where the
-        end marker is missing), "decode" (always decode fully), or "none" (only that the file
-        exists; returns None).
-      max_image_pixels: int or None (no cap), the most pixels (height * width) allowed.
+        path: the image file.
+        check_images: "header" (signature, header and end marker; a full decode only where the
+            end marker is missing), "decode" (always decode fully), or "none" (only that the file
+            exists; returns None).
+        max_image_pixels: int or None (no cap), the most pixels (height * width) allowed.
     Raises:
-      ImageProblem with kind MISSING_IMAGE, CORRUPT_IMAGE or TOO_LARGE_IMAGE.
+        ImageProblem with kind MISSING_IMAGE, CORRUPT_IMAGE or TOO_LARGE_IMAGE.
     """
     if not os.path.isfile(path):
         raise ImageProblem(MISSING_IMAGE, f"file not found: {path}")
