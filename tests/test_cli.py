@@ -57,7 +57,8 @@ def test_train_writes_checkpoints_logs_config_and_metrics(trained):
     for name in ("config.json", "config.py", "classes.json", "checkpoints/last.keras",
                  "checkpoints/best.keras", "checkpoints/best.json", "training_log.csv",
                  "metrics.json", "report.md", "per_class.csv",
-                 "backup/training_metadata.json"):
+                 "analysis.md", "analysis.json", "confusion_matrix.csv", "confusion_matrix.png",
+                 "errors.png", "backup/training_metadata.json"):
         assert (workdir / name).is_file(), name
     assert any((workdir / "logs" / "train").iterdir())  # TensorBoard event files
     rows = read_csv(workdir / "training_log.csv")
@@ -146,6 +147,20 @@ def test_export_saved_model_serves_detections(trained, tmp_path):
     found = serving(images=tf.zeros([1, 100, 140, 3], tf.uint8))
     assert set(found) >= {"boxes", "scores", "classes", "num_detections"}
     assert found["boxes"].shape[0] == 1 and found["boxes"].shape[-1] == 4
+
+
+def test_export_bakes_the_best_f1_thresholds_of_the_last_validation(trained, tmp_path):
+    import tensorflow as tf
+
+    workdir, _ = trained
+    thresholds = json.loads((workdir / "analysis.json").read_text())["confusion"][
+        "score_thresholds"]
+    cli("export", f"--workdir={workdir}", f"--output={tmp_path}", "--per_class_thresholds=best_f1")
+    found = tf.saved_model.load(str(tmp_path)).signatures["serving_default"](
+        images=tf.zeros([1, 128, 128, 3], tf.uint8))
+    count = int(found["num_detections"][0])
+    for score, cls in zip(found["scores"][0, :count].numpy(), found["classes"][0, :count].numpy()):
+        assert score >= thresholds[cls]
 
 
 def test_debug_anchors_reports_matches_and_draws_them(tmp_path):

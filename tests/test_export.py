@@ -435,3 +435,26 @@ def test_export_rejects_bad_arguments(model, tmp_path, kwargs, message):
 def test_export_rejects_a_model_without_detect(tmp_path):
     with pytest.raises(ValueError, match="`model` must be a retinanet.RetinaNet"):
         export.export_saved_model(keras.Sequential([keras.layers.Dense(1)]), tmp_path)
+
+
+def test_class_thresholds_drop_and_repack_detections(model, images, reference, tmp_path):
+    thresholds = [0.0] * model.num_classes
+    dropped_class = int(reference["classes"][0, 0])
+    thresholds[dropped_class] = 1.0  # no score reaches it: that class disappears
+    path = export.export(model, tmp_path / "thresholds", "saved_model",
+                         class_score_thresholds=thresholds, bytes_signature=False)
+    served = _numpy(tf.saved_model.load(path).signatures[export.SERVING_SIGNATURE](
+        images=tf.constant(images)))
+    for index in range(len(images)):
+        count = int(reference["num_detections"][index])
+        keep = reference["classes"][index, :count] != dropped_class
+        kept = int(served["num_detections"][index])
+        assert kept == int(keep.sum())
+        np.testing.assert_allclose(served["scores"][index, :kept],
+                                   reference["scores"][index, :count][keep], atol=1e-6)
+        np.testing.assert_array_equal(served["classes"][index, :kept],
+                                      reference["classes"][index, :count][keep])
+        assert (served["classes"][index, kept:] == -1).all()
+        assert (served["scores"][index, kept:] == 0).all()
+    with pytest.raises(ValueError, match="class_score_thresholds"):
+        export.export(model, tmp_path / "bad", "saved_model", class_score_thresholds=[0.5])

@@ -51,6 +51,9 @@ flags.DEFINE_string("checkpoint", "best",
 flags.DEFINE_string("images", None, "predict: an image file or a folder (searched recursively).")
 flags.DEFINE_string("output", None, "predict/export/debug-anchors/evaluate: output folder.")
 flags.DEFINE_string("format", "saved_model", "export: saved_model, litert or onnx.")
+flags.DEFINE_enum("per_class_thresholds", "", ["", "best_f1"],
+                  "export --format=saved_model: best_f1 bakes each class's best-F1 score "
+                  "threshold from WORKDIR/analysis.json (the last validation) into the model.")
 flags.DEFINE_string("quantization", "", "export --format=litert: '', float16 or dynamic_range.")
 flags.DEFINE_float("score_threshold", None,
                    "predict: keep detections with at least this score (default: 0.3 for the "
@@ -150,8 +153,6 @@ def cmd_evaluate():
     workdir = _require("workdir")
     config = _config(required=False)
     split = FLAGS.split or "val"
-    from retinanet.evaluation import evaluate, write_report
-
     _set_precision()
     dataset = datasets.load_datasets(config, (split,))[split]
     class_names, category_ids = run_folder.read_classes(workdir)
@@ -161,14 +162,9 @@ def cmd_evaluate():
     model = _load_model(workdir)
     output = FLAGS.output or os.path.join(workdir, "eval", split)
     print(f"Evaluating on {len(dataset)} {split} images", flush=True)
-    results = evaluate(model, datasets.eval_pipeline(config, dataset),
-                       class_names=dataset.class_names,
-                       category_ids=category_ids or dataset.category_ids,
-                       verbose=FLAGS.verbose,
-                       voc_iou_threshold=config.eval.voc_iou_threshold,
-                       voc_method=config.eval.voc_method)
-    write_report(results, output, print_table=FLAGS.verbose > 0)
-    trainer.summary(results, output)
+    trainer.evaluate_and_report(model, config, datasets.eval_pipeline(config, dataset), output,
+                                dataset.class_names, category_ids or dataset.category_ids,
+                                FLAGS.verbose)
 
 
 # -- predict ------------------------------------------------------------------------------
@@ -227,6 +223,8 @@ def cmd_export():
         if FLAGS.quantization:
             raise UsageError("--quantization applies to --format=litert only")
         kwargs = {"resize": size}
+    if FLAGS.per_class_thresholds:
+        kwargs["class_score_thresholds"] = run_folder.best_f1_thresholds(workdir)
     print(f"Exporting as {FLAGS.format} to {output}", flush=True)
     written = rexport.export(model, output, format=FLAGS.format, **kwargs)
     print(f"Wrote {written}", flush=True)

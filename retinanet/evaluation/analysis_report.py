@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
 
 import numpy as np
 
+from retinanet import atomic
 from retinanet.evaluation.inputs import class_name
 from retinanet.evaluation.tide import ERROR_TYPES, SPECIAL_ERROR_TYPES
 
@@ -159,15 +161,14 @@ def write_analysis(result: dict, output_dir: str, class_names=None) -> dict:
         "csv": os.path.join(output_dir, "confusion_matrix.csv"),
         "png": os.path.join(output_dir, "confusion_matrix.png"),
     }
-    with open(paths["markdown"], "w", encoding="utf-8") as handle:
-        handle.write(format_analysis(result, class_names))
-    with open(paths["json"], "w", encoding="utf-8") as handle:
-        json.dump(_jsonable(result), handle, indent=2, allow_nan=False)
-    with open(paths["csv"], "w", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["gt \\ predicted"] + labels)
-        for label, row in zip(labels, result["confusion"]["matrix"]):
-            writer.writerow([label] + [int(v) for v in row])
+    atomic.write_text(paths["markdown"], format_analysis(result, class_names))
+    atomic.write_text(paths["json"], json.dumps(_jsonable(result), indent=2, allow_nan=False))
+    table = io.StringIO(newline="")
+    writer = csv.writer(table)
+    writer.writerow(["gt \\ predicted"] + labels)
+    for label, row in zip(labels, result["confusion"]["matrix"]):
+        writer.writerow([label] + [int(v) for v in row])
+    atomic.write_text(paths["csv"], table.getvalue())
     plot_confusion_matrix(result, paths["png"], class_names)
     return paths
 
@@ -239,3 +240,34 @@ def plot_error_gallery(images_by_id: dict, worst: dict, path: str, class_names=N
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     figure.savefig(path, dpi=100)
     return path
+
+
+def original_images(batches, image_ids) -> dict:
+    """{image_id: uint8 [H, W, 3]} at the original size for the wanted ids of evaluation batches.
+
+    Evaluation batches hold resized, padded images; each wanted one is cropped to its resized
+    size and resized back to its `original_size`, so boxes in original pixels fit it.
+    """
+    import tensorflow as tf
+
+    wanted, found = set(image_ids), {}
+    for images, targets in batches:
+        for index, image_id in enumerate(targets["image_id"].numpy()):
+            image_id = image_id.decode() if isinstance(image_id, bytes) else str(image_id)
+            if image_id not in wanted or image_id in found:
+                continue
+            height, width = (int(v) for v in targets["original_size"][index])
+            scale = float(targets["scale"][index])
+            resized = images[index, :max(1, round(height * scale)), :max(1, round(width * scale))]
+            found[image_id] = tf.cast(tf.clip_by_value(tf.round(
+                tf.image.resize(resized, (height, width))), 0, 255), tf.uint8).numpy()
+        if len(found) == len(wanted):
+            break
+    return found
+
+
+def write_error_gallery(result: dict, batches, path: str, class_names=None):
+    """`plot_error_gallery` of an analysis `result` with the images of evaluation `batches`."""
+    worst = result["worst"]
+    ids = {entry["image_id"] for entry in worst["false_positives"] + worst["missed"]}
+    return plot_error_gallery(original_images(batches, ids), worst, path, class_names)

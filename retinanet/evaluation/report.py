@@ -154,7 +154,8 @@ def plot_pr_curves(voc_result: dict, path: str, title: str | None = None) -> str
 
 
 def write_report(results: dict, output_dir: str, print_table: bool = True) -> dict:
-    """Writes `report.md`, `per_class.csv`, `metrics.json` and `pr_curves.png` to `output_dir`.
+    """Writes `report.md`, `per_class.csv`, `metrics.json` and `pr_curves.png` to `output_dir`,
+    and with an "analysis" result the files of `analysis_report.write_analysis`.
 
     Args:
         results: `evaluate(...)` output, or a bare COCO or VOC result.
@@ -191,4 +192,10 @@ def write_report(results: dict, output_dir: str, print_table: bool = True) -> di
 
     if voc is not None:
         paths["pr_curves"] = plot_pr_curves(voc, os.path.join(output_dir, "pr_curves.png"))
+    if "analysis" in results:
+        from retinanet.evaluation.analysis_report import format_analysis, write_analysis
+
+        paths.update(write_analysis(results["analysis"], output_dir))
+        if print_table:
+            print(format_analysis(results["analysis"]))
     return paths

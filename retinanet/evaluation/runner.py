@@ -8,6 +8,7 @@ import math
 import keras
 import numpy as np
 
+from retinanet.evaluation.analysis import ErrorAnalyzer
 from retinanet.evaluation.coco import COCO_METRIC_NAMES, COCOEvaluator
 from retinanet.evaluation.voc import VOCEvaluator
 from retinanet.model.postprocess import unpad_detections
@@ -123,6 +124,7 @@ def evaluate(
     voc: bool = True,
     voc_iou_threshold: float = 0.5,
     voc_method: str = "all_points",
+    analysis: bool = False,
     steps: int | None = None,
     verbose: int = 1,
 ) -> dict:
@@ -138,15 +140,18 @@ def evaluate(
         category_ids: optional dataset category ids for COCO (see `COCOEvaluator`).
         coco, voc: which evaluators to run.
         voc_iou_threshold, voc_method: passed to `VOCEvaluator`.
+        analysis: also run the `ErrorAnalyzer` (TIDE errors, confusion matrix, best-F1
+            thresholds, worst errors) into the result's "analysis".
         steps: evaluate at most this many batches (required for an infinite dataset).
         verbose: 0 silent, 1 progress bar, 2 one line at the end (as `keras.utils.Progbar`).
 
     Returns:
-        `{"coco": COCOEvaluator.result(), "voc": VOCEvaluator.result()}`, each key only when that
-        evaluator was asked for. `flatten_metrics` turns it into scalar logs.
+        `{"coco": COCOEvaluator.result(), "voc": VOCEvaluator.result(),
+        "analysis": ErrorAnalyzer.result()}`, each key only when asked for. `flatten_metrics`
+        turns it into scalar logs.
     """
-    if not (coco or voc):
-        raise ValueError("evaluate needs at least one of coco=True or voc=True")
+    if not (coco or voc or analysis):
+        raise ValueError("evaluate needs at least one of coco, voc or analysis")
     evaluators = {}
     if coco:
         evaluators["coco"] = COCOEvaluator(class_names=class_names, category_ids=category_ids)
@@ -154,6 +159,8 @@ def evaluate(
         evaluators["voc"] = VOCEvaluator(
             iou_threshold=voc_iou_threshold, method=voc_method, class_names=class_names
         )
+    if analysis:
+        evaluators["analysis"] = ErrorAnalyzer(class_names=class_names)
     length = _dataset_length(dataset)
     if steps is not None:
         length = steps if length is None else min(steps, length)

@@ -75,6 +75,7 @@ def export(
     quantization=None,
     bytes_signature=True,
     opset=DEFAULT_ONNX_OPSET,
+    class_score_thresholds=None,
 ):
     """Exports `model` in one of `FORMATS` into `output_dir` (the CLI's entry point).
 
@@ -92,6 +93,7 @@ def export(
         quantization: litert only: one of `QUANTIZATIONS`.
         bytes_signature: saved_model only: also write `serving_bytes`.
         opset: onnx only: the ONNX opset.
+        class_score_thresholds: saved_model only: a score threshold per class, baked in.
 
     Returns:
         The path written (the SavedModel directory or the model file), a string.
@@ -114,11 +116,14 @@ def export(
         raise ValueError("`bytes_signature` applies to format='saved_model' only.")
     if format != "onnx" and opset != DEFAULT_ONNX_OPSET:
         raise ValueError("`opset` applies to format='onnx' only.")
+    if format != "saved_model" and class_score_thresholds is not None:
+        raise ValueError("`class_score_thresholds` applies to format='saved_model' only.")
 
     output_dir = os.fspath(output_dir)
     os.makedirs(output_dir, exist_ok=True)
     if format == "saved_model":
-        return export_saved_model(model, output_dir, resize, bytes_signature)
+        return export_saved_model(model, output_dir, resize, bytes_signature,
+                                  class_score_thresholds=class_score_thresholds)
     if format == "litert":
         if input_size is None:
             raise ValueError("`input_size` (height, width) is required for format='litert'.")

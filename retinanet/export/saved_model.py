@@ -10,12 +10,12 @@ from retinanet.export import serving
 from retinanet.preprocess import check_image_size
 
 
-def _serving_functions(model, resize, bytes_signature, max_image_pixels):
+def _serving_functions(model, resize, bytes_signature, max_image_pixels, class_thresholds):
     """{signature name: traced tf.function} for the SavedModel."""
     # shape=None: see `serving.checked_images` for why the rank is left open.
     serve_images = serving.traced(
         lambda images: serving.detections(
-            model, serving.checked_images(images, max_image_pixels), resize),
+            model, serving.checked_images(images, max_image_pixels), resize, class_thresholds),
         tf.TensorSpec(None, tf.uint8, name="images"),
     )
     functions = {serving.SERVING_SIGNATURE: serve_images}
@@ -39,7 +39,7 @@ def _serving_functions(model, resize, bytes_signature, max_image_pixels):
 
 
 def export_saved_model(model, directory, resize=None, bytes_signature=True,
-                       max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
+                       max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS, class_score_thresholds=None):
     """Writes a SavedModel for TF Serving and `tf.saved_model.load`.
 
     Signatures (see the module docstring for the outputs):
@@ -65,6 +65,8 @@ def export_saved_model(model, directory, resize=None, bytes_signature=True,
         bytes_signature: also write the `serving_bytes` signature.
         max_image_pixels: the largest height x width either signature accepts (default
             100 megapixels); None for no limit.
+        class_score_thresholds: optional K floats, a score threshold per class baked into
+            the model (e.g. each class's best-F1 threshold from the error analysis).
 
     Returns:
         `directory` as a string.
@@ -75,6 +77,7 @@ def export_saved_model(model, directory, resize=None, bytes_signature=True,
     serving.check_model(model)
     resize = check_image_size(resize, "resize")
     max_image_pixels = validate_max_image_pixels(max_image_pixels)
+    class_score_thresholds = serving.check_class_thresholds(model, class_score_thresholds)
     serving.write_saved_model(model, directory, _serving_functions(
-        model, resize, bytes_signature, max_image_pixels))
+        model, resize, bytes_signature, max_image_pixels, class_score_thresholds))
     return os.fspath(directory)

@@ -22,6 +22,17 @@ def check_model(model):
         )
 
 
+def check_class_thresholds(model, thresholds):
+    """None, or a list of `model.num_classes` floats in [0, 1]; raises ValueError otherwise."""
+    if thresholds is None:
+        return None
+    values = [float(t) for t in thresholds]
+    if len(values) != model.num_classes or not all(0.0 <= t <= 1.0 for t in values):
+        raise ValueError(f"`class_score_thresholds` must be {model.num_classes} floats in "
+                         f"[0, 1], got {thresholds!r}.")
+    return values
+
+
 def check_input_size(input_size):
     """(height, width), two positive ints."""
     try:
@@ -93,8 +104,11 @@ def checked_bytes(image_bytes):
     return tf.ensure_shape(image_bytes, [None])
 
 
-def detections(model, images, resize):
+def detections(model, images, resize, class_score_thresholds=None):
     """Detections for uint8 images `[B, H, W, 3]` (rank known) in their own pixels.
+
+    With `class_score_thresholds` (one float per class), a detection of class c is kept only
+    when its score reaches `class_score_thresholds[c]`.
 
     Returns the dict of `OUTPUT_KEYS` with fixed dtypes (float32, float32, int32, int32).
     """
@@ -112,11 +126,41 @@ def detections(model, images, resize):
         bounds = tf.cast(tf.stack([shape[2], shape[1], shape[2], shape[1]]), tf.float32)
         # Padding rows are 0 and stay 0.
         boxes = tf.clip_by_value(detections["boxes"] / scale, 0.0, bounds)
-    return {
+    result = {
         "boxes": tf.cast(boxes, tf.float32),
         "scores": tf.cast(detections["scores"], tf.float32),
         "classes": tf.cast(detections["classes"], tf.int32),
         "num_detections": tf.cast(detections["num_detections"], tf.int32),
+    }
+    if class_score_thresholds is not None:
+        result = apply_class_thresholds(result, class_score_thresholds)
+    return result
+
+
+def apply_class_thresholds(detections, thresholds):
+    """Drops detections under their class's score threshold and re-packs the padded outputs.
+
+    Args:
+        detections: the dict of `OUTPUT_KEYS`, padded (classes -1, boxes and scores 0).
+        thresholds: K floats, one per class.
+
+    Returns:
+        The same dict, kept detections first (still best score first), padding after them.
+    """
+    thresholds = tf.constant(thresholds, tf.float32)
+    classes = detections["classes"]
+    valid = classes >= 0
+    keep = valid & (detections["scores"] >= tf.gather(thresholds, tf.maximum(classes, 0)))
+    # Kept detections, best first, then the rest: argsort is stable, so ties keep their order.
+    order = tf.argsort(tf.where(keep, detections["scores"], -1.0), axis=1, direction="DESCENDING",
+                       stable=True)
+    kept = tf.gather(keep, order, batch_dims=1)
+    boxes = tf.gather(detections["boxes"], order, batch_dims=1)
+    return {
+        "boxes": tf.where(kept[..., None], boxes, 0.0),
+        "scores": tf.where(kept, tf.gather(detections["scores"], order, batch_dims=1), 0.0),
+        "classes": tf.where(kept, tf.gather(classes, order, batch_dims=1), -1),
+        "num_detections": tf.reduce_sum(tf.cast(keep, tf.int32), axis=1),
     }
 
 

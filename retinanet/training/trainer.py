@@ -168,7 +168,7 @@ def _train(config, workdir: str, *, strategy: str, precision: str, verbose: int,
     import tensorflow as tf
 
     from retinanet.training import callbacks as rcallbacks
-    from retinanet.evaluation import EvaluationCallback, evaluate, write_report
+    from retinanet.evaluation import EvaluationCallback
 
     keras.mixed_precision.set_global_policy(precision)
     keras.utils.set_random_seed(config.seed)
@@ -272,12 +272,8 @@ def _train(config, workdir: str, *, strategy: str, precision: str, verbose: int,
     last = os.path.join(checkpoint_dir, "last.keras")
     eval_model = keras.saving.load_model(last) if multi_worker else model
     print(f"Evaluating on {len(val_set)} validation images", flush=True)
-    results = evaluate(eval_model, val_data, class_names=class_names,
-                       category_ids=category_ids, verbose=verbose,
-                       voc_iou_threshold=config.eval.voc_iou_threshold,
-                       voc_method=config.eval.voc_method)
-    write_report(results, workdir, print_table=verbose > 0)
-    summary(results, workdir)
+    results = evaluate_and_report(eval_model, config, val_data, workdir, class_names,
+                                  category_ids, verbose)
     return {"model": eval_model, "results": results, "class_names": class_names,
             "val_dataset": val_set, "val_data": val_data}
 
@@ -295,6 +291,26 @@ def _check_resumed_config(config, workdir: str):
     if changed:
         print(f"warning: resuming {workdir} with a changed config ({', '.join(changed)}); "
               "the backup restores the old run's weights and optimizer state", file=sys.stderr)
+
+
+def evaluate_and_report(model, config, batches, output_dir: str, class_names, category_ids=None,
+                        verbose: int = 1) -> dict:
+    """The evaluation of a finished run: metrics, error analysis, reports and the gallery.
+
+    Writes metrics.json, report.md, per_class.csv, pr_curves.png, the analysis files and
+    errors.png (the worst false positives and missed objects) into `output_dir`.
+    """
+    from retinanet.evaluation import evaluate, write_report
+    from retinanet.evaluation.analysis_report import write_error_gallery
+
+    results = evaluate(model, batches, class_names=class_names, category_ids=category_ids,
+                       verbose=verbose, voc_iou_threshold=config.eval.voc_iou_threshold,
+                       voc_method=config.eval.voc_method, analysis=True)
+    write_report(results, output_dir, print_table=verbose > 0)
+    write_error_gallery(results["analysis"], batches, os.path.join(output_dir, "errors.png"),
+                        class_names)
+    summary(results, output_dir)
+    return results
 
 
 def summary(results, output_dir):

@@ -9,6 +9,9 @@
     training_log.csv              one row per epoch (loss, val_AP, ..., optimizer step)
     metrics.json, report.md,      the final evaluation (COCO metrics and VOC mAP), the
     per_class.csv, pr_curves.png  per-class table and PR curves
+    analysis.md, analysis.json,   the error analysis: TIDE breakdown, best-F1 thresholds,
+    confusion_matrix.csv/.png,    the confusion matrix and the worst false positives and
+    errors.png                    missed objects
     .lock                         while a run trains here (`WorkdirLock`)
 
 `retinanet evaluate`, `predict` and `export` read the config, the classes and a checkpoint
@@ -40,6 +43,23 @@ def read_classes(workdir: str):
     if info is None:
         return None, None
     return info["class_names"], info.get("category_ids")
+
+
+def best_f1_thresholds(workdir: str) -> list:
+    """Each class's best-F1 score threshold from the run's last validation analysis.
+
+    Classes without one (no ground truth or no true positive) get the analysis's threshold
+    for the confusion matrix, which falls back to 0.5.
+    """
+    # The end of training writes WORKDIR/analysis.json, `retinanet evaluate` WORKDIR/eval/val/.
+    candidates = [os.path.join(workdir, "analysis.json"),
+                  os.path.join(workdir, "eval", "val", "analysis.json")]
+    found = [path for path in candidates if os.path.isfile(path)]
+    if not found:
+        raise ValueError(f"--per_class_thresholds=best_f1: no validation analysis in {workdir} "
+                         "(analysis.json); run `retinanet evaluate` on it first")
+    analysis = atomic.read_json(max(found, key=os.path.getmtime))
+    return [float(t) for t in analysis["confusion"]["score_thresholds"]]
 
 
 def checkpoint_path(workdir: str, choice: str = "best") -> str:
