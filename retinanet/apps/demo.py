@@ -134,7 +134,8 @@ def main(argv):
         f"training and evaluation (load average now {summary['load_average']})\n"
         f"  SavedModel: {export_dir} (boxes within {difference:.2g} px of the Keras model)\n"
         f"  files in {workdir}: metrics.json, report.md, per_class.csv, pr_curves.png, "
-        "detections.png, checkpoints/, logs/ (tensorboard --logdir "
+        "analysis.md (error breakdown), confusion_matrix.png, errors.png, detections.png, "
+        "checkpoints/, logs/ (tensorboard --logdir "
         f"{os.path.join(workdir, 'logs')})",
         flush=True)
 
