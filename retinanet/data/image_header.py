@@ -125,8 +125,12 @@ def _jpeg_size(file):
     return None
 
 
-def _pil_size(path: str):
-    """(height, width) with Pillow, for what the parsers above cannot read; else None."""
+def pil_size(path: str):
+    """(height, width) with Pillow, or None where Pillow is absent or cannot read the header.
+
+    Raises:
+        ImageTooLargeError: Pillow refuses the image as a decompression bomb.
+    """
     try:
         from PIL import Image
     except ImportError:  # pragma: no cover - pillow comes with matplotlib
@@ -174,7 +178,7 @@ def read_image_size(path: str):
         else:
             size = _head_size(head)
     if size is None:
-        size = _pil_size(path)
+        size = pil_size(path)
     if size is None:
         raise ValueError(f"{path}: no readable JPEG, PNG, GIF, BMP or WebP header")
     height, width = size

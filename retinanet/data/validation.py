@@ -9,8 +9,9 @@ Corrupt images: a corrupt image is only certain at decode time, and a decode err
 tf.data cannot name the file. So the readers probe each image eagerly and cheaply (the default
 `check_images="header"`): the file must exist, start with a JPEG/PNG/GIF/BMP/WebP signature,
 have a readable header (its size), and a JPEG/PNG/GIF must end with its end marker (EOI, IEND,
-trailer). A file that fails the end-marker test is decoded once with TensorFlow, the same
-decoder the pipeline uses, so truncated files are caught here with their name. Damage in the
+trailer). A file that fails the end-marker test, or whose header Pillow cannot parse, is
+decoded once with TensorFlow, the same decoder the pipeline uses, so truncated files are
+caught here with their name. Damage in the
 middle of a file that leaves header and end marker intact is only caught with
 `check_images="decode"` (a full eager decode of every image, slower); otherwise it surfaces
 as a `tf.errors.InvalidArgumentError` from the decode op while iterating.
@@ -37,7 +38,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from retinanet.data.image_header import (DEFAULT_MAX_IMAGE_PIXELS, ImageTooLargeError,
-                                         check_image_pixels, read_image_size)
+                                         check_image_pixels, pil_size, read_image_size)
 
 CHECK_IMAGES_CHOICES = ("header", "decode", "none")
 
@@ -300,19 +301,9 @@ def _header_size(path: str, claimed):
     image as a bomb (a limit raised above PIL's own), that size stands.
     """
     try:
-        from PIL import Image
-    except ImportError:  # pragma: no cover - pillow comes with matplotlib
-        return None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(path) as image:
-                width, height = image.size
-        return int(height), int(width)
-    except Image.DecompressionBombError:
+        return pil_size(path)
+    except ImageTooLargeError:
         return claimed
-    except Exception:  # noqa: BLE001 - any PIL failure falls back to TensorFlow
-        return None
 
 
 def _tf_decode_size(path: str):
@@ -336,10 +327,11 @@ def probe_image(path: str, check_images: str = "header",
 
     Args:
         path: the image file.
-        check_images: "header" (signature, header and end marker; a full decode only where the
-            end marker is missing), "decode" (always decode fully), or "none" (only that the file
-            exists; returns None).
+        check_images: "header" (signature, header and end marker; a full decode where the
+            end marker is missing or Pillow cannot parse the header), "decode" (always decode
+            fully), or "none" (only that the file exists; returns None).
         max_image_pixels: int or None (no cap), the most pixels (height * width) allowed.
+
     Raises:
         ImageProblem with kind MISSING_IMAGE, CORRUPT_IMAGE or TOO_LARGE_IMAGE.
     """
