@@ -9,6 +9,7 @@ the last rename wins and the file always holds one complete text.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 
@@ -43,8 +44,29 @@ def write_text(path: str, text: str):
         raise
 
 
+def json_ready(value):
+    """`value` with numpy types made plain Python and NaN / infinities made None, so that it
+    serialises as strict JSON (which JavaScript and jq parse)."""
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {str(key): json_ready(item) for key, item in value.items()}
+    if isinstance(value, np.ndarray):
+        return json_ready(value.tolist())
+    if isinstance(value, (list, tuple)):
+        return [json_ready(item) for item in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
 def write_json(path: str, value):
-    write_text(path, json.dumps(value, indent=2))
+    """Writes `json_ready(value)` as strict JSON (no NaN or Infinity), atomically."""
+    write_text(path, json.dumps(json_ready(value), indent=2, allow_nan=False))
 
 
 def read_json(path: str):

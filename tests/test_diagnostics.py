@@ -13,7 +13,7 @@ from retinanet.data.dataset import DetectionDataset
 from retinanet.data.validation import Record
 from retinanet.diagnostics import (analytic_best_iou, anchor_coverage, data_health,
                                    fit_anchors, run_doctor, scaled_boxes, summary_text)
-from retinanet.diagnostics.doctor import json_ready
+from retinanet.atomic import json_ready
 from retinanet.matching import LabelEncoder
 
 

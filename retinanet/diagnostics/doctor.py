@@ -9,10 +9,7 @@ gives the one-paragraph console summary of the returned report.
 from __future__ import annotations
 
 import json
-import math
 import os
-
-import numpy as np
 
 from retinanet import atomic
 from retinanet.diagnostics import coverage as coverage_lib
@@ -26,23 +23,6 @@ ASPECT_RATIOS_PNG = "aspect_ratios.png"
 LOW_RECALL = 0.9
 # A class with this many times fewer boxes than the largest one is reported as rare.
 IMBALANCE_RATIO = 10
-
-
-def json_ready(value):
-    """`value` with numpy types made plain and NaN / Infinity made None (strict JSON)."""
-    if isinstance(value, dict):
-        return {str(k): json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return json_ready(value.tolist())
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    return value
 
 
 def _percent(value):
@@ -245,7 +225,7 @@ def run_doctor(dataset, anchor_generator, label_encoder, image_size, max_boxes, 
                   "plots": plot_files},
     }
     report["findings"] = _findings(report)
-    report = json_ready(report)
+    report = atomic.json_ready(report)
     markdown = report_markdown({**report, "files": {
         **report["files"], "plots": [os.path.basename(p) for p in plot_files]}})
     atomic.write_text(report["files"]["report_md"], markdown)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 
@@ -13,23 +12,6 @@ import numpy as np
 from retinanet import atomic
 from retinanet.evaluation.inputs import class_name
 from retinanet.evaluation.tide import ERROR_TYPES, SPECIAL_ERROR_TYPES
-
-
-def _jsonable(value):
-    """Plain JSON types; NaN and infinities become None."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(float(value)) else None
-    return value
 
 
 def _cell(value) -> str:
@@ -162,7 +144,7 @@ def write_analysis(result: dict, output_dir: str, class_names=None) -> dict:
         "png": os.path.join(output_dir, "confusion_matrix.png"),
     }
     atomic.write_text(paths["markdown"], format_analysis(result, class_names))
-    atomic.write_text(paths["json"], json.dumps(_jsonable(result), indent=2, allow_nan=False))
+    atomic.write_json(paths["json"], result)
     table = io.StringIO(newline="")
     writer = csv.writer(table)
     writer.writerow(["gt \\ predicted"] + labels)

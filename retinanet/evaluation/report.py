@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 
@@ -99,19 +98,6 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [_jsonable(v) for v in np.asarray(value).tolist()] if isinstance(value, np.ndarray) \
-            else [_jsonable(v) for v in value]
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return None if not math.isfinite(float(value)) else float(value)
-    return value
-
-
 def plot_pr_curves(voc_result: dict, path: str, title: str | None = None) -> str | None:
     """Saves the VOC precision/recall curve of every class with ground truth as one PNG.
 
@@ -188,7 +174,7 @@ def write_report(results: dict, output_dir: str, print_table: bool = True) -> di
     atomic.write_text(paths["csv"], table.getvalue())
 
     full = {key: value for key, value in (("coco", coco), ("voc", voc)) if value is not None}
-    atomic.write_text(paths["json"], json.dumps(_jsonable(full), indent=2, allow_nan=False))
+    atomic.write_json(paths["json"], full)
 
     if voc is not None:
         paths["pr_curves"] = plot_pr_curves(voc, os.path.join(output_dir, "pr_curves.png"))
