@@ -1,7 +1,7 @@
 """Anchor coverage: which ground-truth boxes the anchors can match (best-possible recall).
 
 Works on the parsed records only (no image is decoded): every box is scaled to the training
-size with the pipeline's own rule (`retinanet.data.pipeline.resize_scale_and_canvas`, as in
+size with the pipeline's own rule (`retinanet.preprocess.resize_scale_and_canvas`, as in
 evaluation: no scale jitter or crop), the anchors are those of the padded canvas, and the IoU is
 `retinanet.ops.box_iou`. A box is *covered* when some anchor has IoU >= `positive_iou` with it.
 With low-quality matching every box also claims its best anchor (IoU > 0); whether a box then
@@ -18,106 +18,11 @@ import math
 
 import numpy as np
 
+from retinanet.diagnostics.scaling import ScaledBoxes, records_and_names, scaled_boxes
+
 SIZE_BUCKETS = (("small", 0.0, 32.0**2), ("medium", 32.0**2, 96.0**2),
                 ("large", 96.0**2, math.inf))
 PERCENTILES = (5, 25, 50, 75, 95)
-
-
-def _records(data):
-    """(records, class_names or None) from a DetectionDataset or a list of Records."""
-    if hasattr(data, "records"):
-        return list(data.records), list(data.class_names)
-    return list(data), None
-
-
-@dataclasses.dataclass
-class ScaledBoxes:
-    """Every box of a dataset at the training size (the evaluation-style resize).
-
-    Attributes:
-        boxes: float32 `[N, 4]`, xyxy, absolute pixels of the resized image.
-        classes: int32 `[N]`.
-        image_index: int `[N]`, the index of each box's record.
-        box_offsets: int `[I + 1]`; the boxes of record `i` are
-            `boxes[box_offsets[i]:box_offsets[i + 1]]`.
-        image_scale: float32 `[I]`, the resize factor of each record.
-        image_canvas: int `[I, 2]`, the padded (height, width) the anchors cover.
-    """
-
-    boxes: np.ndarray
-    classes: np.ndarray
-    image_index: np.ndarray
-    box_offsets: np.ndarray
-    image_scale: np.ndarray
-    image_canvas: np.ndarray
-
-    @property
-    def widths(self) -> np.ndarray:
-        return (self.boxes[:, 2] - self.boxes[:, 0]).astype(np.float64)
-
-    @property
-    def heights(self) -> np.ndarray:
-        return (self.boxes[:, 3] - self.boxes[:, 1]).astype(np.float64)
-
-    @property
-    def areas(self) -> np.ndarray:
-        return self.widths * self.heights
-
-    @property
-    def canvas(self) -> np.ndarray:
-        """int `[N, 2]`, the canvas (height, width) of each box's image."""
-        return self.image_canvas[self.image_index]
-
-    def __len__(self) -> int:
-        return int(self.boxes.shape[0])
-
-
-def training_sizes(records, image_size):
-    """The resize factor and canvas of every record, by the pipeline's rule.
-
-    Args:
-        records: list of `retinanet.data.Record`.
-        image_size: None, int S or (min_side, max_side), as the pipeline takes it.
-
-    Returns:
-        `(scale float32 [I], canvas int [I, 2] as (height, width))`.
-    """
-    import tensorflow as tf
-
-    from retinanet.data.pipeline import check_image_size, resize_scale_and_canvas
-
-    image_size = check_image_size(image_size)
-    cache = {}  # (height, width) -> (scale, canvas); datasets have few distinct sizes
-    scales = np.zeros(len(records), np.float32)
-    canvases = np.zeros((len(records), 2), np.int64)
-    for index, record in enumerate(records):
-        key = (int(record.height), int(record.width))
-        if key not in cache:
-            scale, canvas = resize_scale_and_canvas(
-                tf.constant(key[0], tf.int32), tf.constant(key[1], tf.int32), image_size)
-            cache[key] = (np.float32(scale.numpy()), canvas.numpy().astype(np.int64))
-        scales[index], canvases[index] = cache[key]
-    return scales, canvases
-
-
-def scaled_boxes(records, image_size) -> ScaledBoxes:
-    """The boxes of `records` at the training size; see `ScaledBoxes`.
-
-    The boxes are multiplied by the image's scale in float32, as the pipeline does.
-    """
-    scales, canvases = training_sizes(records, image_size)
-    counts = np.array([len(r) for r in records], np.int64)
-    offsets = np.concatenate([[0], np.cumsum(counts)])
-    if offsets[-1]:
-        boxes = np.concatenate([np.asarray(r.boxes, np.float32).reshape(-1, 4) * scales[i]
-                                for i, r in enumerate(records)]).astype(np.float32)
-        classes = np.concatenate([np.asarray(r.classes, np.int32).reshape(-1)
-                                  for r in records])
-    else:
-        boxes, classes = np.zeros((0, 4), np.float32), np.zeros(0, np.int32)
-    return ScaledBoxes(boxes=boxes, classes=classes,
-                       image_index=np.repeat(np.arange(len(records)), counts),
-                       box_offsets=offsets, image_scale=scales, image_canvas=canvases)
 
 
 def analytic_best_iou(boxes, canvas, min_level, max_level, anchor_sizes, scales,
@@ -296,9 +201,9 @@ def anchor_coverage(data, anchor_generator, image_size, positive_iou=0.5, negati
     from retinanet import ops
     from retinanet.matching import LabelEncoder
 
-    records, class_names = _records(data)
+    records, class_names = records_and_names(data)
     if scaled is None:
-        scaled = scaled_boxes(records, image_size)
+        scaled = scaled_boxes(records, image_size, anchor_generator.stride_multiple)
     # The matcher decides low-quality matches; the thresholds only set positive states here.
     encoder = LabelEncoder(anchor_generator, positive_iou=positive_iou,
                            negative_iou=negative_iou, allow_low_quality_matches=True)
@@ -326,10 +231,13 @@ def anchor_coverage(data, anchor_generator, image_size, positive_iou=0.5, negati
 
     # Lower bounds of what each box needs (see `_relevant_anchors`); the margin covers the
     # float32 rounding of `ops.box_iou`.
-    thresholds = np.minimum(analytic_best_iou(
-        scaled.boxes, scaled.canvas, anchor_generator.min_level, anchor_generator.max_level,
-        [anchor_generator.anchor_size], anchor_generator.scales,
-        anchor_generator.aspect_ratios)[:, 0], positive_iou) - 1e-3
+    if getattr(anchor_generator, "convention", "centered") == "centered":
+        thresholds = np.minimum(analytic_best_iou(
+            scaled.boxes, scaled.canvas, anchor_generator.min_level, anchor_generator.max_level,
+            [anchor_generator.anchor_size], anchor_generator.scales,
+            anchor_generator.aspect_ratios)[:, 0], positive_iou) - 1e-3
+    else:  # the closed form assumes centred anchors: keep every anchor near each box
+        thresholds = np.full(len(scaled.boxes), -1.0)
     layouts = {}  # canvas -> (anchors [A, 4] numpy, per-level grid layout)
     for index in range(len(records)):
         first, last = scaled.box_offsets[index], scaled.box_offsets[index + 1]

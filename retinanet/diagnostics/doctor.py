@@ -13,7 +13,7 @@ import os
 
 from retinanet import atomic
 from retinanet.diagnostics import coverage as coverage_lib
-from retinanet.diagnostics import fitting, health, plots
+from retinanet.diagnostics import fitting, health, plots, scaling
 
 REPORT_MD = "report.md"
 REPORT_JSON = "report.json"
@@ -179,7 +179,7 @@ def run_doctor(dataset, anchor_generator, label_encoder, image_size, max_boxes, 
 
     os.makedirs(output_dir, exist_ok=True)
     records = dataset.records
-    scaled = coverage_lib.scaled_boxes(records, image_size)
+    scaled = scaling.scaled_boxes(records, image_size, anchor_generator.stride_multiple)
 
     def progress_bar(title):
         if verbose:

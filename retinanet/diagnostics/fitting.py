@@ -24,7 +24,8 @@ import shlex
 
 import numpy as np
 
-from retinanet.diagnostics.coverage import analytic_best_iou, anchor_coverage, scaled_boxes
+from retinanet.diagnostics.coverage import analytic_best_iou, anchor_coverage
+from retinanet.diagnostics.scaling import scaled_boxes
 
 OVERRIDE_PREFIX = "--config.model.anchors."
 SIGNIFICANT_DIGITS = 4
@@ -143,7 +144,7 @@ def fit_anchors(data, anchor_generator, image_size, positive_iou=0.5, negative_i
 
     records = list(data.records) if hasattr(data, "records") else list(data)
     if scaled is None:
-        scaled = scaled_boxes(records, image_size)
+        scaled = scaled_boxes(records, image_size, anchor_generator.stride_multiple)
     if not len(scaled):
         raise ValueError("fit_anchors: the data has no boxes to fit anchors to")
     num_scales = len(anchor_generator.scales)

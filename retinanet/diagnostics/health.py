@@ -3,7 +3,7 @@
 Works from a `DetectionDataset` read with `skip_invalid=True`: what the reader skipped
 (missing or corrupt images, degenerate boxes, boxes outside the image, ...) comes from
 `dataset.skipped` with the files it named (`retinanet.data.validation.SkipCounts`); the rest
-comes from the records, with box sizes at the training size (`coverage.scaled_boxes`).
+comes from the records, with box sizes at the training size (`scaling.scaled_boxes`).
 Duplicates are files with the same bytes (BLAKE2 hash); images held in memory or streamed
 (the shapes set, TFDS) are not hashed.
 """
@@ -16,7 +16,7 @@ import hashlib
 import numpy as np
 
 from retinanet.data import validation
-from retinanet.diagnostics.coverage import scaled_boxes
+from retinanet.diagnostics.scaling import scaled_boxes
 
 MAX_NAMES = 20  # file names listed per problem; the count is always the total
 TINY_BOX_SIZE = 4.0  # px at the training size
