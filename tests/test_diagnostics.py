@@ -67,7 +67,8 @@ def test_coverage_by_hand():
     assert summary["by_class"]["b"]["recall"] == 0.5
     assert summary["best_iou_percentiles"]["p50"] == pytest.approx(0.5)
     drawn = result.image(0)
-    assert drawn["canvas"] == (128, 128) and drawn["scale"] == 1.0
+    # Padded to the anchors' own multiple (2**max_level = 8): the 64 px image stays 64.
+    assert drawn["canvas"] == (64, 64) and drawn["scale"] == 1.0
     assert result.worst_images(5) == [0]
 
 
