@@ -16,7 +16,7 @@ import tensorflow as tf
 from PIL import Image
 
 from retinanet import atomic, data
-from retinanet.data import DataWarning, validation
+from retinanet.data import DataWarning, image_files
 from retinanet.data.dataset import MAX_CLASSES, validate_class_names
 from retinanet.data.image_header import (DEFAULT_MAX_IMAGE_PIXELS, ImageTooLargeError,
                                          check_image_pixels, decode_image_within_limit,
@@ -204,8 +204,8 @@ def no_decoding(monkeypatch):
             return function(path, *args)
         return guarded
 
-    monkeypatch.setattr(validation, "_tf_decode_size", guard(validation._tf_decode_size))
-    monkeypatch.setattr(validation, "_header_size", guard(validation._header_size))
+    monkeypatch.setattr(image_files, "_tf_decode_size", guard(image_files._tf_decode_size))
+    monkeypatch.setattr(image_files, "_header_size", guard(image_files._header_size))
 
 
 @pytest.mark.parametrize("reader", ["csv", "voc", "coco", "yolo"])
@@ -243,13 +243,13 @@ def test_size_trusted_from_the_annotation_is_capped_too(tmp_path, bomb_bytes):
 def test_probe_image_used_by_predict_refuses_the_bomb(tmp_path, bomb_bytes, no_decoding):
     path = tmp_path / "bomb.png"
     path.write_bytes(bomb_bytes)
-    with pytest.raises(validation.ImageProblem, match="over the limit") as error:
-        validation.probe_image(str(path))
-    assert error.value.kind == validation.TOO_LARGE_IMAGE
+    with pytest.raises(image_files.ImageProblem, match="over the limit") as error:
+        image_files.probe_image(str(path))
+    assert error.value.kind == image_files.TOO_LARGE_IMAGE
 
 
 BOMB_SCRIPT = """
-import sys, pickle
+import sys
 import tensorflow as tf
 from retinanet import data
 from retinanet.data.image_header import decode_image_within_limit

@@ -22,8 +22,8 @@ def image_records(images: str):
         ValueError: naming `--images` when there is nothing to read or a file is not an image.
     """
     from retinanet.data import Record
-    from retinanet.data.validation import IMAGE_EXTENSIONS, ImageProblem, list_images, \
-        probe_image
+    from retinanet.data.image_files import (IMAGE_EXTENSIONS, ImageProblem, list_images,
+                                            probe_image)
 
     if os.path.isdir(images):
         names = list_images(images)

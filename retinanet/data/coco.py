@@ -11,10 +11,11 @@ import json
 import os
 
 from retinanet.data.dataset import DetectionDataset, validate_class_names
+from retinanet.data.image_files import MISSING_IMAGE
 from retinanet.data.image_header import DEFAULT_MAX_IMAGE_PIXELS, validate_max_image_pixels
-from retinanet.data.validation import (DUPLICATE_IMAGE_ID, MISSING_IMAGE, UNKNOWN_CLASS,
-                                       UNPARSABLE, Problems, RawObject, check_image,
-                                       make_record, validate_check_images)
+from retinanet.data.validation import (DUPLICATE_IMAGE_ID, UNKNOWN_CLASS, UNPARSABLE, Problems,
+                                       RawObject, check_image, make_record,
+                                       validate_check_images)
 
 
 def _short(value, limit=80) -> str:

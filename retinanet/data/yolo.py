@@ -21,8 +21,8 @@ import re
 
 from retinanet.data.dataset import DetectionDataset, validate_class_names
 from retinanet.data.image_header import DEFAULT_MAX_IMAGE_PIXELS, validate_max_image_pixels
-from retinanet.data.validation import (MISSING_IMAGE, UNPARSABLE, Problems, RawObject,
-                                       check_image, list_images, make_record,
+from retinanet.data.image_files import MISSING_IMAGE, list_images
+from retinanet.data.validation import (UNPARSABLE, Problems, RawObject, check_image, make_record,
                                        validate_check_images)
 
 # A real data.yaml (paths, nc, a few thousand names at most) expands to well under 1 MB.
