@@ -35,7 +35,7 @@ def get_config():
     config.data.format = "shapes"
     config.data.shapes.num_train = 2000
     config.data.shapes.num_val = 200
-    config.data.shapes.image_size = 128
+    config.data.shapes.size = 128
     config.data.image_size = 128
     config.data.max_boxes = 8  # at most 6 shapes per image
     config.data.batch_size = 8

@@ -24,7 +24,7 @@ def get_config():
     config.data.format = "shapes"
     config.data.shapes.num_train = 8
     config.data.shapes.num_val = 4
-    config.data.shapes.image_size = 128
+    config.data.shapes.size = 128
     config.data.shapes.max_objects = 3
     config.data.image_size = 128
     config.data.max_boxes = 4

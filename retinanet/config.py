@@ -126,7 +126,7 @@ def default_config() -> ml_collections.ConfigDict:
         shapes=ml_collections.ConfigDict(dict(
             num_train=1000,
             num_val=200,
-            image_size=256,
+            size=256,  # the generated images' side
             min_size=12.0,
             max_size=0.0,  # 0: half the image side
             max_objects=6,
@@ -167,8 +167,14 @@ def default_config() -> ml_collections.ConfigDict:
     return config
 
 
+# Fields renamed since earlier releases: (section, old name) -> new name, so that the
+# config.json of an older run still loads.
+RENAMED_FIELDS = {("config.data.shapes", "image_size"): "size"}
+
+
 def _merge(target: ml_collections.ConfigDict, values: dict, path: str):
     for key, value in values.items():
+        key = RENAMED_FIELDS.get((path, key), key)
         name = f"{path}.{key}"
         if key not in target:
             raise ConfigError(f"{name}: unknown field (known: {', '.join(sorted(target))})")

@@ -113,7 +113,7 @@ def test_predict_writes_coco_results_and_annotated_images(trained, tmp_path):
     workdir, _ = trained
     images = tmp_path / "images"
     (images / "sub").mkdir(parents=True)
-    examples = list(data.shapes(3, image_size=(96, 160), seed=5).examples.as_numpy_iterator())
+    examples = list(data.shapes(3, size=(96, 160), seed=5).examples.as_numpy_iterator())
     Image.fromarray(examples[0]["image"]).save(images / "a.png")
     Image.fromarray(examples[1]["image"]).save(images / "b.jpg")
     Image.fromarray(examples[2]["image"]).save(images / "sub" / "c.png")

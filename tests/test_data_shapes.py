@@ -71,7 +71,7 @@ def test_class_subset_and_argument_errors():
         data.shapes(4, 48, classes=("hexagon",))
     with pytest.raises(ValueError, match="num_images must be a positive int"):
         data.shapes(0)
-    with pytest.raises(ValueError, match="image_size must be at least 32"):
+    with pytest.raises(ValueError, match="size must be at least 32"):
         data.shapes(1, 16)
     with pytest.raises(ValueError, match="min_size"):
         data.shapes(1, 64, min_size=40, max_size=20)

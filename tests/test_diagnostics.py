@@ -247,7 +247,7 @@ def test_data_health_caps_the_names():
 
 
 def test_run_doctor_writes_strict_json_markdown_and_plots(tmp_path):
-    dataset = data.shapes(num_images=12, image_size=128, seed=0)
+    dataset = data.shapes(num_images=12, size=128, seed=0)
     generator = AnchorGenerator()
     encoder = LabelEncoder(generator)
     report = run_doctor(dataset, generator, encoder, image_size=128, max_boxes=4,

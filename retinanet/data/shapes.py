@@ -173,14 +173,14 @@ def render_shapes_image(rng, height: int, width: int, classes, max_objects: int,
             np.asarray(labels, np.int32))
 
 
-def shapes(num_images: int = 500, image_size=256, seed: int = 0, *, max_objects: int = 6,
+def shapes(num_images: int = 500, size=256, seed: int = 0, *, max_objects: int = 6,
            min_size: float = 12, max_size: float | None = None, classes=SHAPE_CLASSES,
            background: str = "textured") -> DetectionDataset:
     """The built-in synthetic detection dataset (nothing is downloaded).
 
     Args:
         num_images: int > 0.
-        image_size: int (square) or (height, width), at least 32 px.
+        size: the images' side (int) or (height, width), at least 32 px.
         seed: int; the same seed gives the same images and boxes.
         max_objects: each image has a uniform 0..max_objects shapes (fewer where placement
             fails 20 times).
@@ -198,9 +198,9 @@ def shapes(num_images: int = 500, image_size=256, seed: int = 0, *, max_objects:
     if isinstance(num_images, bool) or not isinstance(num_images, (int, np.integer)) or \
             num_images < 1:
         raise ValueError(f"num_images must be a positive int, got {num_images!r}")
-    height, width = (image_size, image_size) if np.isscalar(image_size) else image_size
+    height, width = (size, size) if np.isscalar(size) else size
     if int(height) < 32 or int(width) < 32:
-        raise ValueError(f"image_size must be at least 32 px, got {image_size!r}")
+        raise ValueError(f"size must be at least 32 px, got {size!r}")
     height, width = int(height), int(width)
     classes = tuple(classes)
     unknown = [c for c in classes if c not in SHAPE_CLASSES]
@@ -212,8 +212,8 @@ def shapes(num_images: int = 500, image_size=256, seed: int = 0, *, max_objects:
         raise ValueError(f"max_objects must be >= 0, got {max_objects}")
     max_size = min(height, width) / 2 if max_size is None else float(max_size)
     if not 2 <= min_size <= max_size <= min(height, width) - 2:
-        raise ValueError(f"need 2 <= min_size <= max_size <= min(image_size) - 2, got "
-                         f"min_size={min_size}, max_size={max_size}, image_size={image_size}")
+        raise ValueError(f"need 2 <= min_size <= max_size <= min(size) - 2, got "
+                         f"min_size={min_size}, max_size={max_size}, size={size}")
 
     images = np.empty((num_images, height, width, 3), np.uint8)
     records = []

@@ -59,7 +59,7 @@ def _shapes(config, split: str):
     s = config.data.shapes
     with config_section("config.data.shapes"):
         return rdata.shapes(num_images=s.num_train if split == "train" else s.num_val,
-                            image_size=s.image_size,
+                            size=s.size,
                             seed=s.train_seed if split == "train" else s.val_seed,
                             max_objects=s.max_objects, min_size=s.min_size,
                             max_size=s.max_size or None, background=s.background)
