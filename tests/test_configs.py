@@ -167,3 +167,14 @@ def test_csv_train_and_val_share_class_ids(raccoon_dir):
     config.data.train_images = config.data.val_images = str(raccoon_dir / "images")
     splits = datasets.load_datasets(config)
     assert splits["train"].class_names == splits["val"].class_names
+
+
+def test_the_demo_finds_its_config_from_the_package():
+    import subprocess
+    import sys
+
+    script = ("import os\nfrom retinanet.apps import demo\n"
+              "print(os.path.isfile(demo.FLAGS['config'].default))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            cwd="/", timeout=600)
+    assert result.stdout.strip() == "True", result.stderr[-2000:]
