@@ -66,9 +66,13 @@ def _backbone(model):
     if weights not in (None, "imagenet") and not os.path.isfile(weights):
         raise ConfigError(f"config.model.backbone_weights: file not found: {weights}")
     if model.backbone != "simple":
-        return model.backbone, {"backbone_weights": weights,
-                                "frozen_batchnorm": model.frozen_batchnorm,
-                                "frozen_early_stages": model.frozen_early_stages}
+        from retinanet.model.backbone import follow_weights
+
+        pretrained = bool(weights) or bool(model.get("init_from"))
+        return model.backbone, {
+            "backbone_weights": weights,
+            "frozen_batchnorm": follow_weights(model.frozen_batchnorm, pretrained),
+            "frozen_early_stages": follow_weights(model.frozen_early_stages, pretrained)}
     if weights:
         raise ConfigError("config.model.backbone_weights: the simple backbone has no "
                           "pretrained weights; leave it empty")
