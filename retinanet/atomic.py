@@ -43,8 +43,28 @@ def write_text(path: str, text: str):
         raise
 
 
+def finite_json(value):
+    """`value` with every NaN or infinite float (numpy scalars and arrays too) as None.
+
+    JSON has no NaN or Infinity; Python's `json` writes them as bare words other parsers
+    reject. Numpy integers and floats become Python ones, arrays lists, tuples lists.
+    """
+    import math
+
+    if isinstance(value, dict):
+        return {str(key): finite_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(item) for item in value]
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        return finite_json(value.tolist())  # numpy arrays and scalars
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    return value
+
+
 def write_json(path: str, value):
-    write_text(path, json.dumps(value, indent=2))
+    """Writes `value` as JSON, non-finite floats as null (`finite_json`), atomically."""
+    write_text(path, json.dumps(finite_json(value), indent=2, allow_nan=False))
 
 
 def read_json(path: str):
