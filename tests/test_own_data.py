@@ -211,6 +211,7 @@ def test_offline_imagenet_weights_fail_in_one_line_and_write_nothing(tmp_path):
     result = cli("train", f"--config={ROOT / 'configs' / 'custom.py'}", f"--workdir={workdir}",
                  "--config.data.format=voc", f"--config.data.train={train}",
                  "--config.data.val_fraction=0.5", "--config.data.image_size=64",
+                 "--config.data.batch_size=1",
                  cwd=tmp_path, env=env, timeout=300)
     assert result.returncode == 2, result.stderr[-3000:]
     lines = program_lines(result.stderr)
