@@ -1,17 +1,40 @@
-"""RetinaNet object detection for TensorFlow and Keras 3."""
+"""RetinaNet object detection for TensorFlow and Keras 3.
 
-from retinanet import losses, ops
-from retinanet.anchors import AnchorGenerator
-from retinanet.matching import LabelEncoder
-from retinanet.model import DetectionPostprocessor, RetinaNet
+The public names load lazily (a module `__getattr__`), so `import retinanet` and
+`retinanet --help` do not import TensorFlow; `retinanet.RetinaNet` does.
+"""
+
+import importlib
+import os
+
+# Before TensorFlow's first import: hides its C++ INFO and WARNING lines unless the user set
+# their own level (the command line then shows TensorFlow's start-up lines too).
+USER_TF_LOG_LEVEL = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AnchorGenerator",
-    "DetectionPostprocessor",
-    "LabelEncoder",
-    "RetinaNet",
-    "losses",
-    "ops",
-]
+_LAZY = {
+    "AnchorGenerator": ("retinanet.anchors", "AnchorGenerator"),
+    "DetectionPostprocessor": ("retinanet.model", "DetectionPostprocessor"),
+    "LabelEncoder": ("retinanet.matching", "LabelEncoder"),
+    "RetinaNet": ("retinanet.model", "RetinaNet"),
+    "losses": ("retinanet.losses", None),
+    "ops": ("retinanet.ops", None),
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'retinanet' has no attribute {name!r}")
+    module_name, attribute = _LAZY[name]
+    module = importlib.import_module(module_name)
+    value = module if attribute is None else getattr(module, attribute)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -56,8 +56,11 @@ def default_config() -> ml_collections.ConfigDict:
         backbone="resnet50",
         backbone_weights="",  # "" (random init), "imagenet" or a .weights.h5 path
         freeze_backbone=False,
-        frozen_batchnorm=True,  # False to train a backbone from scratch
-        frozen_early_stages=True,  # the layers at strides 2 and 4; False to train from scratch
+        # None (unset) follows the weights: frozen when the backbone starts from pretrained
+        # weights (backbone_weights or a pretrained detector), trainable from scratch; an
+        # explicit true/false always wins.
+        frozen_batchnorm=ml_collections.config_dict.placeholder(bool),
+        frozen_early_stages=ml_collections.config_dict.placeholder(bool),  # strides 2 and 4
         fpn_filters=256,
         head_convs=4,
         head_filters=256,

@@ -208,7 +208,7 @@ def test_debug_anchors_flags_boxes_too_small_for_the_anchors(tmp_path):
      "config.data.train: file not found: /no/such.json"),
     (["train", f"--config={TINY}"], "--workdir is required"),
     (["train", "--config=/no/such/config.py", "--workdir=W"], "/no/such/config.py"),
-    (["export", "--workdir=W", "--output=O", "--format=tflite"], "--format=tflite: unknown format"),
+    (["export", "--workdir=W", "--output=O", "--format=tfjs"], "--format=tfjs: unknown format"),
     (["evaluate", "--workdir=/no/such/run"], "no config.json"),
     (["predict", "--workdir=W", "--images=/no/such/images", "--output=O", f"--config={TINY}"],
      "--images=/no/such/images: file or folder not found"),
@@ -361,7 +361,7 @@ def test_killed_training_resumes_where_it_stopped(tmp_path, sig):
 def test_deterministic_resume_matches_an_uninterrupted_run(tmp_path):
     import keras
 
-    import retinanet  # noqa: F401  (custom objects)
+    import retinanet.model  # noqa: F401  (registers the custom objects)
 
     deterministic = ("--config.train.deterministic=True", "--config.train.eval_every_n_epochs=0")
     straight = tmp_path / "straight"
@@ -409,7 +409,7 @@ cli.run(["retinanet"] + sys.argv[4:])
 def test_a_kill_during_any_save_leaves_checkpoints_that_load_and_resume(tmp_path):
     import keras
 
-    import retinanet  # noqa: F401  (custom objects)
+    import retinanet.model  # noqa: F401  (registers the custom objects)
 
     workdir = tmp_path / "run"
     script = tmp_path / "kill_during.py"
@@ -455,7 +455,7 @@ def _free_ports(count):
 def test_multi_worker_training_keeps_workers_in_sync(tmp_path):
     import keras
 
-    import retinanet  # noqa: F401  (custom objects)
+    import retinanet.model  # noqa: F401  (registers the custom objects)
 
     workdir = tmp_path / "run"
     cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}

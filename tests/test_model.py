@@ -14,7 +14,9 @@ from retinanet.model import FeaturePyramid, RetinaNetHead
 
 @pytest.fixture(scope="module")
 def resnet50_model():
-    return retinanet.RetinaNet(20, backbone="resnet50")
+    # Frozen as when fine-tuning from ImageNet (random weights alone leave both trainable).
+    return retinanet.RetinaNet(20, backbone="resnet50", frozen_batchnorm=True,
+                               frozen_early_stages=True)
 
 
 def test_resnet50_512_input_gives_49104_anchors(resnet50_model):
@@ -112,7 +114,8 @@ def test_resnet_preprocessing_matches_keras(resnet50_model):
 
 
 def test_frozen_batchnorm_and_freeze_backbone():
-    model = retinanet.RetinaNet(2, backbone="mobilenet_v3_small", fpn_filters=32, head_filters=32)
+    model = retinanet.RetinaNet(2, backbone="mobilenet_v3_small", fpn_filters=32, head_filters=32,
+                                frozen_batchnorm=True)
     norms = [
         layer for layer in model.backbone.layers[-1].layers
         if isinstance(layer, keras.layers.BatchNormalization)
@@ -135,7 +138,8 @@ def test_frozen_early_stages_are_the_stem_and_res2(resnet50_model):
     conv1 = 7 * 7 * 3 * 64 + 64
     block1 = (64 * 64 + 64) + (9 * 64 * 64 + 64) + 2 * (64 * 256 + 256)
     block23 = (256 * 64 + 64) + (9 * 64 * 64 + 64) + (64 * 256 + 256)
-    trainable = retinanet.RetinaNet(20, backbone="resnet50", frozen_early_stages=False)
+    trainable = retinanet.RetinaNet(20, backbone="resnet50", frozen_batchnorm=True,
+                                    frozen_early_stages=False)
     assert _trainable_count(trainable) - _trainable_count(resnet50_model) == \
         conv1 + block1 + 2 * block23 == 223_872
 
@@ -146,7 +150,7 @@ def _trainable_count(model):
 
 def test_frozen_early_stages_of_other_backbones_stop_at_stride_4():
     model = retinanet.RetinaNet(2, backbone="mobilenet_v3_small", fpn_filters=32,
-                                head_filters=32)
+                                head_filters=32, frozen_early_stages=True)
     # The same application at a fixed size gives each layer's output stride; squeeze-excite
     # layers (1x1 pooled outputs) belong to the stage they sit in.
     sized = keras.applications.MobileNetV3Small(input_shape=(128, 128, 3), include_top=False,

@@ -345,7 +345,8 @@ def test_torchvision_resnet50_backbone_layout():
     from retinanet.model.backbone import BACKBONES, build_backbone
 
     assert "torchvision_resnet50" in BACKBONES
-    backbone = build_backbone("torchvision_resnet50")
+    backbone = build_backbone("torchvision_resnet50", frozen_batchnorm=True,
+                              frozen_early_stages=True)
     features = backbone.get_layer("torchvision_resnet50_features")
     c3, c4, c5 = backbone(np.zeros((1, 64, 96, 3), "float32"))
     assert (c3.shape, c4.shape, c5.shape) == ((1, 8, 12, 512), (1, 4, 6, 1024), (1, 2, 3, 2048))

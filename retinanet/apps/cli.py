@@ -6,12 +6,14 @@
     retinanet export --workdir=runs/shapes --output=DIR [--format=saved_model|litert|onnx]
     retinanet debug-anchors --config=configs/shapes.py [--output=DIR] [--split=train]
     retinanet doctor --config=configs/shapes.py [--output=DIR] [--split=train] [--fit_anchors]
+    retinanet config --config=configs/shapes.py [--config.train.epochs=3]
 
 `retinanet.training.workdir` lists what a training run's workdir holds.
 
 Bad input (a wrong config field, a missing dataset path, an unknown format or flag value)
 ends with one line `retinanet <command>: error: ...` on stderr and exit status 2; pass
-`--debug` for the traceback.
+`--debug` for the traceback. `retinanet <command> --help` lists the command's own flags, and
+imports no TensorFlow.
 """
 
 from __future__ import annotations
@@ -32,7 +34,28 @@ from retinanet.training import datasets, trainer  # noqa: E402
 from retinanet.training import workdir as run_folder  # noqa: E402
 from retinanet.training.trainer import PRECISIONS, STRATEGIES, UsageError  # noqa: E402
 
-COMMANDS = ("train", "evaluate", "predict", "export", "debug-anchors", "doctor")
+COMMANDS = ("train", "evaluate", "predict", "export", "debug-anchors", "doctor", "config")
+# The flags each command reads, in the order `retinanet <command> --help` lists them.
+COMMAND_FLAGS = {
+    "train": ("config", "workdir", "strategy", "tpu", "precision", "verbose",
+              "keep_worker_dirs", "debug"),
+    "evaluate": ("workdir", "config", "split", "checkpoint", "output", "precision", "verbose",
+                 "debug"),
+    "predict": ("workdir", "images", "output", "config", "checkpoint", "score_threshold",
+                "stop_on_bad_image", "precision", "verbose", "debug"),
+    "export": ("workdir", "output", "format", "quantization", "per_class_thresholds", "config",
+               "checkpoint", "debug"),
+    "debug-anchors": ("config", "workdir", "split", "output", "num_images", "verbose", "debug"),
+    "doctor": ("config", "workdir", "split", "output", "fit_anchors", "verbose", "debug"),
+    "config": ("config", "workdir", "debug"),
+}
+# Python spellings in library messages, as the command line spells them.
+CLI_SPELLINGS = {
+    "skip_invalid=True": "--config.data.skip_invalid=true",
+    "download=True": "--config.data.tfds_download=true",
+    "check_images='none'": "--config.data.check_images=none",
+    'check_images="none"': "--config.data.check_images=none",
+}
 EXIT_USAGE = 2
 
 FLAGS = flags.FLAGS
@@ -50,7 +73,8 @@ flags.DEFINE_string("checkpoint", "best",
                     "evaluate/predict/export: best, last, or the path of a .keras file.")
 flags.DEFINE_string("images", None, "predict: an image file or a folder (searched recursively).")
 flags.DEFINE_string("output", None, "predict/export/debug-anchors/evaluate: output folder.")
-flags.DEFINE_string("format", "saved_model", "export: saved_model, litert or onnx.")
+flags.DEFINE_string("format", "saved_model",
+                    "export: saved_model, litert (alias tflite) or onnx.")
 flags.DEFINE_enum("per_class_thresholds", "", ["", "best_f1"],
                   "export --format=saved_model: best_f1 bakes each class's best-F1 score "
                   "threshold from WORKDIR/analysis.json (the last validation) into the model.")
@@ -58,6 +82,9 @@ flags.DEFINE_string("quantization", "", "export --format=litert: '', float16 or 
 flags.DEFINE_float("score_threshold", None,
                    "predict: keep detections with at least this score (default: 0.3 for the "
                    "drawings, the config's postprocess.score_threshold for the JSON).")
+flags.DEFINE_bool("stop_on_bad_image", False,
+                  "predict: stop at the first unreadable image (default: skip it, name it on "
+                  "stderr and count it).")
 flags.DEFINE_integer("num_images", 16, "debug-anchors: how many images to draw.")
 flags.DEFINE_bool("fit_anchors", False, "doctor: search anchor sizes, scales and ratios that "
                   "cover the boxes best; prints them as --config.model.anchors.* overrides.")
@@ -69,8 +96,15 @@ flags.DEFINE_bool("keep_worker_dirs", False,
 flags.DEFINE_bool("debug", False, "Show tracebacks instead of one-line errors.")
 
 
+def cli_spelling(message: str) -> str:
+    """A library message with its Python hints (`skip_invalid=True`) as command-line flags."""
+    for python, flag in CLI_SPELLINGS.items():
+        message = message.replace(python, flag)
+    return message
+
+
 def _fail(command: str, message) -> None:
-    text = " ".join(str(message).split())  # one line
+    text = cli_spelling(" ".join(str(message).split()))  # one line
     print(f"retinanet {command}: error: {text}", file=sys.stderr, flush=True)
     sys.exit(EXIT_USAGE)
 
@@ -78,7 +112,45 @@ def _fail(command: str, message) -> None:
 def _usage() -> str:
     return ("usage: retinanet {" + ",".join(COMMANDS) + "} [flags]\n"
             + (__doc__ or "").split("\n\n")[1] + "\n"
-            "Run `retinanet <command> --helpfull` for every flag.")
+            "Run `retinanet <command> --help` for the command's flags.")
+
+
+def command_help(command: str) -> str:
+    """`retinanet <command> --help`: the command's summary and its flags, one line each."""
+    handler = HANDLERS[command]
+    lines = [f"usage: retinanet {command} [flags]", "", (handler.__doc__ or "").strip(), "",
+             "flags:"]
+    for name in COMMAND_FLAGS[command]:
+        flag = FLAGS[name]
+        default = "" if flag.default is None else f" (default: {flag.default_as_str})"
+        text = " ".join(flag.help.split())
+        lines.append(f"  --{name}: {text}{default}")
+    return "\n".join(lines)
+
+
+def _quiet_tensorflow_import():
+    """Imports TensorFlow (and finds its devices) with its C++ start-up lines hidden.
+
+    TensorFlow 2.21 writes some lines before its logging reads `TF_CPP_MIN_LOG_LEVEL`
+    ("All log messages before absl::InitializeLog()", cuInit failures on machines without a
+    GPU), so stderr's file descriptor is pointed at /dev/null meanwhile. A user who set
+    `TF_CPP_MIN_LOG_LEVEL` themselves sees everything.
+    """
+    import retinanet
+
+    if "tensorflow" in sys.modules or retinanet.USER_TF_LOG_LEVEL is not None:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w", encoding="utf-8") as null:
+            os.dup2(null.fileno(), 2)
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 # -- shared helpers -----------------------------------------------------------------------
@@ -111,7 +183,7 @@ def _load_model(workdir: str):
     """The --checkpoint of `workdir` as a `RetinaNet`."""
     import keras
 
-    import retinanet  # noqa: F401  (registers the custom objects)
+    import retinanet.model  # noqa: F401  (registers the custom objects for load_model)
 
     path = run_folder.checkpoint_path(workdir, FLAGS.checkpoint)
     print(f"Loading {path}", flush=True)
@@ -175,11 +247,15 @@ def cmd_predict():
     workdir = _require("workdir")
     images = _require("images")
     output = _require("output")
+    _check_writable(output)
     config = _config(required=False)
     from retinanet.apps.predict import image_records, predict_images
     from retinanet.data import DetectionDataset
 
-    records, names = image_records(images)
+    def report(name, problem):
+        print(f"retinanet predict: skipping {name}: {problem}", file=sys.stderr, flush=True)
+
+    records, names, skipped = image_records(images, FLAGS.stop_on_bad_image, report)
     class_names, category_ids = run_folder.read_classes(workdir)
     _set_precision()
     model = _load_model(workdir)
@@ -192,9 +268,20 @@ def cmd_predict():
     batches = datasets.eval_pipeline(config, DetectionDataset(class_names, records, name=images))
     path, found, done = predict_images(model, batches, records, names, output, class_names,
                                        category_ids, threshold, FLAGS.verbose)
-    print(f"{found} detections in {done} images -> {path} (COCO results format; "
+    unreadable = f", {len(skipped)} unreadable images skipped" if skipped else ""
+    print(f"{found} detections in {done} images{unreadable} -> {path} (COCO results format; "
           f"category_id is the {'dataset category id' if category_ids else '0-based class'})",
           flush=True)
+
+
+def _check_writable(output: str):
+    """Raises UsageError unless `output` is (or can be created as) a writable folder."""
+    existing = os.path.abspath(output)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        problem = "is not a folder" if not os.path.isdir(existing) else "is not writable"
+        raise UsageError(f"--output={output}: {existing} {problem}")
 
 
 # -- export -------------------------------------------------------------------------------
@@ -206,15 +293,16 @@ def cmd_export():
     output = _require("output")
     from retinanet import export as rexport
 
-    if FLAGS.format not in rexport.FORMATS:
+    export_format = {"tflite": "litert"}.get(FLAGS.format, FLAGS.format)
+    if export_format not in rexport.FORMATS:
         raise UsageError(f"--format={FLAGS.format}: unknown format; expected one of "
-                         f"{', '.join(rexport.FORMATS)}")
+                         f"{', '.join(rexport.FORMATS)} (tflite = litert)")
     config = _config(required=False)
     from retinanet.preprocess import round_up
 
     model = _load_model(workdir)
     size = rconfig.image_size(config)
-    if FLAGS.format == "litert":
+    if export_format == "litert":
         # A fixed square canvas that holds the resized images of either resize rule.
         side = round_up(size if isinstance(size, int) else size[1],
                         model.anchor_generator.stride_multiple)
@@ -225,8 +313,8 @@ def cmd_export():
         kwargs = {"resize": size}
     if FLAGS.per_class_thresholds:
         kwargs["class_score_thresholds"] = run_folder.best_f1_thresholds(workdir)
-    print(f"Exporting as {FLAGS.format} to {output}", flush=True)
-    written = rexport.export(model, output, format=FLAGS.format, **kwargs)
+    print(f"Exporting as {export_format} to {output}", flush=True)
+    written = rexport.export(model, output, format=export_format, **kwargs)
     print(f"Wrote {written}", flush=True)
 
 
@@ -271,6 +359,24 @@ def cmd_doctor():
     print(summary_text(report), flush=True)
 
 
+# -- config -------------------------------------------------------------------------------
+
+
+def cmd_config():
+    """Prints the resolved config (--config with its overrides, or WORKDIR/config.json): every
+    field and its value, one per line."""
+    config = _config(required=False)
+
+    def lines(values, prefix):
+        for key in sorted(values):
+            if isinstance(values[key], dict):
+                yield from lines(values[key], f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key} = {values[key]!r}"
+
+    print("\n".join(lines(rconfig.to_dict(config), "config.")), flush=True)
+
+
 # -- entry point --------------------------------------------------------------------------
 
 HANDLERS = {
@@ -280,6 +386,7 @@ HANDLERS = {
     "export": cmd_export,
     "debug-anchors": cmd_debug_anchors,
     "doctor": cmd_doctor,
+    "config": cmd_config,
 }
 
 
@@ -290,6 +397,7 @@ def _main(command, argv):
         import keras
 
         keras.config.disable_traceback_filtering()
+    _quiet_tensorflow_import()
     if FLAGS.verbose < 2:
         logging.set_verbosity(logging.WARNING)  # not absl's INFO lines of SavedModel writing
     try:
@@ -337,6 +445,9 @@ def run(argv=None):
         print(f"retinanet: error: unknown command {argv[1]!r}; expected one of "
               f"{', '.join(COMMANDS)}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+    if any(arg in ("-h", "--help", "-help", "--helpshort", "--helpfull") for arg in argv[2:]):
+        print(command_help(command))
+        sys.exit(0)
     app.run(functools.partial(_main, command), argv=[f"retinanet {command}"] + argv[2:],
             flags_parser=functools.partial(_parse_flags, command))
 

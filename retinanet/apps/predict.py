@@ -12,14 +12,22 @@ from retinanet import atomic
 DRAWING_SCORE_THRESHOLD = 0.3
 
 
-def image_records(images: str):
+def image_records(images: str, stop_on_bad_image: bool = False, on_bad_image=None):
     """Records (size only, no boxes) for an image file or every image under a folder.
 
+    Args:
+        images: an image file or a folder (searched recursively).
+        stop_on_bad_image: raise at the first unreadable file; otherwise skip it.
+        on_bad_image: called as `on_bad_image(name, problem)` for each skipped file.
+
     Returns:
-        `(records, names)`: `retinanet.data.Record`s and the paths relative to `images`.
+        `(records, names, skipped)`: `retinanet.data.Record`s, the paths relative to `images`
+        and the names of the files skipped as unreadable.
 
     Raises:
-        ValueError: naming `--images` when there is nothing to read or a file is not an image.
+        ValueError: naming `--images` when there is nothing to read, when the one file given or
+            every file of the folder is not a readable image, or (`stop_on_bad_image`) at the
+            first unreadable file.
     """
     from retinanet.data import Record
     from retinanet.data.image_files import (IMAGE_EXTENSIONS, ImageProblem, list_images,
@@ -34,17 +42,25 @@ def image_records(images: str):
         names, paths = [os.path.basename(images)], [images]
     else:
         raise ValueError(f"--images={images}: file or folder not found")
-    records = []
+    records, kept, skipped = [], [], []
     for name, path in zip(names, paths):
         try:
             height, width = probe_image(path)
         except ImageProblem as problem:
-            raise ValueError(f"--images: {problem}") from None
+            if stop_on_bad_image or len(paths) == 1:
+                raise ValueError(f"--images: {problem}") from None
+            skipped.append(name)
+            if on_bad_image is not None:
+                on_bad_image(name, problem)
+            continue
+        kept.append(name)
         records.append(Record(image_id=os.path.splitext(name)[0], path=path, height=height,
                               width=width, boxes=np.zeros((0, 4), np.float32),
                               classes=np.zeros(0, np.int32), is_crowd=np.zeros(0, bool),
                               difficult=np.zeros(0, bool)))
-    return records, names
+    if not records:
+        raise ValueError(f"--images={images}: none of its {len(paths)} files is a readable image")
+    return records, kept, skipped
 
 
 def coco_result(image_id, file_name, box, score, class_index, class_names, category_ids):

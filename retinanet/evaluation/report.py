@@ -63,12 +63,16 @@ def per_class_rows(results: dict) -> list[dict]:
     return rows
 
 
+def _not_available(value) -> bool:
+    """-1.0 is pycocotools' "no ground truth here"; NaN is VOC's."""
+    return isinstance(value, (float, np.floating)) and (math.isnan(value) or value == -1.0)
+
+
 def _cell(value) -> str:
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         return str(int(value))
     if isinstance(value, (float, np.floating)):
-        # -1 is pycocotools' "no ground truth here"; NaN is VOC's.
-        return "n/a" if (math.isnan(value) or value == -1.0) else f"{value:.4f}"
+        return "n/a" if _not_available(value) else f"{value:.4f}"
     return str(value).replace("|", "\\|")
 
 
@@ -170,7 +174,9 @@ def write_report(results: dict, output_dir: str, print_table: bool = True) -> di
     table = io.StringIO(newline="")
     writer = csv.DictWriter(table, fieldnames=list(rows[0]) if rows else ["class"])
     writer.writeheader()
-    writer.writerows(rows)
+    # One "not available" cell: empty, for pycocotools' -1 and VOC's NaN alike.
+    writer.writerows({key: "" if _not_available(value) else value for key, value in row.items()}
+                     for row in rows)
     atomic.write_text(paths["csv"], table.getvalue())
 
     full = {key: value for key, value in (("coco", coco), ("voc", voc)) if value is not None}

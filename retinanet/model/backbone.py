@@ -78,8 +78,18 @@ def _last_layer_at_stride(name):
 _LAYER_CACHE = {}
 
 
-def build_backbone(name="resnet50", weights=None, frozen_batchnorm=True,
-                   frozen_early_stages=True, trainable=True):
+def follow_weights(flag, pretrained: bool) -> bool:
+    """A freezing flag: an explicit True/False wins; None follows the weights.
+
+    Frozen batch norm and early stages suit a backbone that starts from pretrained weights
+    (their statistics and edge filters are already good); from random weights they cripple
+    training, so None means "frozen exactly when `pretrained`".
+    """
+    return bool(pretrained) if flag is None else bool(flag)
+
+
+def build_backbone(name="resnet50", weights=None, frozen_batchnorm=None,
+                   frozen_early_stages=None, trainable=True):
     """Builds a feature extractor from raw images to `[C3, C4, C5]`.
 
     Args:
@@ -87,12 +97,13 @@ def build_backbone(name="resnet50", weights=None, frozen_batchnorm=True,
         weights: None (random init), `"imagenet"` (Keras's own download, needs network), or
             the path of a `.weights.h5` file of the same application without its top.
         frozen_batchnorm: run every BatchNormalization layer in inference mode with fixed
-            statistics, as detectors fine-tuned from ImageNet do. Turn it off to train from
-            scratch.
+            statistics, as detectors fine-tuned from ImageNet do. None (default): frozen
+            when `weights` is given, trainable from random weights.
         frozen_early_stages: freeze the layers at strides 2 and 4 (for ResNets the stem and
             res2, as Detectron's FREEZE_AT=2 and torchvision's default do). They hold generic
             edge filters, and skipping their gradients saves about 15 % of a ResNet50
-            RetinaNet's training step on a CPU. Turn it off to train from scratch.
+            RetinaNet's training step on a CPU. None (default): frozen when `weights` is
+            given, trainable from random weights.
         trainable: False freezes the whole backbone.
 
     Returns:
@@ -101,6 +112,8 @@ def build_backbone(name="resnet50", weights=None, frozen_batchnorm=True,
     """
     if name not in BACKBONES:
         raise ValueError(f"Unknown `backbone` {name!r}; expected one of {sorted(BACKBONES)}.")
+    frozen_batchnorm = follow_weights(frozen_batchnorm, weights is not None)
+    frozen_early_stages = follow_weights(frozen_early_stages, weights is not None)
     if name in torchvision_resnet.RESNET_BLOCKS:
         if weights == "imagenet":
             raise ValueError(f"`backbone_weights='imagenet'` is not available for {name!r}.")

@@ -185,7 +185,9 @@ def build_torchvision_retinanet(
     return RetinaNet(
         num_classes,
         backbone=build_torchvision_resnet(
-            _BACKBONE, mean=mean or IMAGENET_MEAN_RGB, std=std or IMAGENET_STD_RGB
+            _BACKBONE, mean=mean or IMAGENET_MEAN_RGB, std=std or IMAGENET_STD_RGB,
+            # The preset's pretrained weights are set afterwards: freeze as for pretrained.
+            frozen_batchnorm=True, frozen_early_stages=True,
         ),
         anchor_generator=anchor_generator,
         fpn=FeaturePyramid(

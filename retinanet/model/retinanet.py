@@ -50,8 +50,11 @@ class RetinaNet(keras.Model):
         backbone_weights: None, "imagenet" or a `.weights.h5` path (named backbones only).
         freeze_backbone: train only the FPN and heads.
         frozen_batchnorm: keep the backbone's batch-norm statistics fixed (named backbones).
+            None (default) follows the weights: frozen with `backbone_weights`, trainable
+            from random weights; True/False always wins.
         frozen_early_stages: freeze the backbone's layers at strides 2 and 4 (named backbones;
-            for ResNets the stem and res2, as in the paper's Detectron setup).
+            for ResNets the stem and res2, as in the paper's Detectron setup). None: as
+            `frozen_batchnorm`.
         fpn_filters, head_convs, head_filters: widths and depth of the FPN and subnets.
         use_group_norm: GroupNorm(32) after each subnet conv.
         anchor_generator, label_encoder, fpn, classification_head, box_head, postprocessor:
@@ -65,8 +68,8 @@ class RetinaNet(keras.Model):
         backbone="resnet50",
         backbone_weights=None,
         freeze_backbone=False,
-        frozen_batchnorm=True,
-        frozen_early_stages=True,
+        frozen_batchnorm=None,
+        frozen_early_stages=None,
         fpn_filters=256,
         head_convs=4,
         head_filters=256,

@@ -84,8 +84,8 @@ def _bottleneck(x, filters, stride, projection, name):
 def build_torchvision_resnet(
     name="torchvision_resnet50",
     weights=None,
-    frozen_batchnorm=True,
-    frozen_early_stages=True,
+    frozen_batchnorm=None,
+    frozen_early_stages=None,
     trainable=True,
     mean=IMAGENET_MEAN_RGB,
     std=IMAGENET_STD_RGB,
@@ -98,8 +98,10 @@ def build_torchvision_resnet(
             inner features model (`model.get_layer(f"{name}_features")`).
         frozen_batchnorm: batch norm with fixed statistics (torchvision's
             `FrozenBatchNorm2d`): the layers run in inference mode and do not train.
+            None (default): frozen when `weights` is given, trainable from random weights
+            (pass True when pretrained weights are loaded later, as presets do).
         frozen_early_stages: freeze the stem and res2 (torchvision's default
-            `trainable_backbone_layers=3`).
+            `trainable_backbone_layers=3`). None: as `frozen_batchnorm`.
         trainable: False freezes the whole backbone.
         mean, std: the `TorchvisionNormalization` of the input.
 
@@ -113,6 +115,10 @@ def build_torchvision_resnet(
     """
     if name not in RESNET_BLOCKS:
         raise ValueError(f"Unknown `backbone` {name!r}; expected one of {sorted(RESNET_BLOCKS)}.")
+    # Both default to "follow the weights" (`retinanet.model.backbone.follow_weights`).
+    frozen_batchnorm = weights is not None if frozen_batchnorm is None else frozen_batchnorm
+    frozen_early_stages = weights is not None if frozen_early_stages is None \
+        else frozen_early_stages
     layers = keras.layers
     normalised = keras.Input((None, None, 3), name="normalised_images")
     x = _batch_norm(_conv(normalised, 64, 7, 2, "conv1"), "conv1")

@@ -8,6 +8,13 @@
 - `callbacks`: atomic checkpoints, the resumable backup and the non-finite-loss guard.
 """
 
-from retinanet.training.schedules import WarmupStepDecay, default_optimizer, reference_optimizer
-
 __all__ = ["WarmupStepDecay", "default_optimizer", "reference_optimizer"]
+
+
+def __getattr__(name):
+    # Lazy: the command line imports builders/datasets/workdir without Keras.
+    if name in __all__:
+        from retinanet.training import schedules
+
+        return getattr(schedules, name)
+    raise AttributeError(f"module 'retinanet.training' has no attribute {name!r}")

@@ -66,15 +66,39 @@ def _backbone(model):
     if weights not in (None, "imagenet") and not os.path.isfile(weights):
         raise ConfigError(f"config.model.backbone_weights: file not found: {weights}")
     if model.backbone != "simple":
-        return model.backbone, {"backbone_weights": weights,
-                                "frozen_batchnorm": model.frozen_batchnorm,
-                                "frozen_early_stages": model.frozen_early_stages}
+        from retinanet.model.backbone import follow_weights
+
+        pretrained = bool(weights) or bool(model.get("init_from"))
+        return model.backbone, {
+            "backbone_weights": weights,
+            "frozen_batchnorm": follow_weights(model.frozen_batchnorm, pretrained),
+            "frozen_early_stages": follow_weights(model.frozen_early_stages, pretrained)}
     if weights:
         raise ConfigError("config.model.backbone_weights: the simple backbone has no "
                           "pretrained weights; leave it empty")
     with config_section("config.model (simple_widths, simple_blocks)"):
         return build_simple_backbone(widths=tuple(model.simple_widths),
                                      blocks=model.simple_blocks), {}
+
+
+OFFLINE_WEIGHTS_HINT = (
+    "offline, pass a local weights file (--config.model.backbone_weights=PATH.weights.h5, "
+    "e.g. a copy of ~/.keras/models/ from a machine that downloaded them) or '' for random "
+    "weights (--config.model.backbone_weights=)")
+
+
+@contextlib.contextmanager
+def _imagenet_download(weights: str):
+    """Turns Keras's failed download of the ImageNet weights into one ConfigError line."""
+    try:
+        yield
+    except Exception as error:  # noqa: BLE001 - keras.utils.get_file raises a bare Exception
+        if weights != "imagenet" or isinstance(error, (ValueError, TypeError)):
+            raise
+        reason = " ".join(str(error).split())[:200]
+        raise ConfigError(f"config.model.backbone_weights='imagenet': the ImageNet weights "
+                          f"could not be downloaded ({reason}); {OFFLINE_WEIGHTS_HINT}") \
+            from None
 
 
 def build_model(config, num_classes: int, num_replicas: int = 1):
@@ -99,7 +123,7 @@ def build_model(config, num_classes: int, num_replicas: int = 1):
     label_encoder = build_label_encoder(config, anchor_generator)
     postprocessor = build_postprocessor(config, anchor_generator, label_encoder)
     backbone, backbone_options = _backbone(model)
-    with config_section("config.model"):
+    with config_section("config.model"), _imagenet_download(model.backbone_weights):
         retinanet = RetinaNet(
             num_classes=num_classes, backbone=backbone, **backbone_options,
             freeze_backbone=model.freeze_backbone,
@@ -118,15 +142,22 @@ def build_model(config, num_classes: int, num_replicas: int = 1):
     return retinanet
 
 
+MAX_WARMUP_SHARE = 0.1
+
+
 def build_learning_rate(config, total_steps: int):
-    """A float or a `LearningRateSchedule` over `total_steps` optimiser steps."""
+    """A float or a `LearningRateSchedule` over `total_steps` optimiser steps.
+
+    The warm-up lasts `train.warmup_steps`, capped at `MAX_WARMUP_SHARE` of `total_steps`.
+    """
     import keras
 
     from retinanet.training.schedules import WarmupStepDecay
 
     train = config.train
     rate = float(train.learning_rate)
-    warmup = min(int(train.warmup_steps), max(total_steps - 1, 0))
+    # Warm-up takes at most a tenth of the run: a short run must reach its learning rate.
+    warmup = min(int(train.warmup_steps), int(total_steps * MAX_WARMUP_SHARE))
     if train.schedule == "constant":
         if warmup:
             return WarmupStepDecay(rate, [], warmup_steps=warmup,

@@ -101,8 +101,8 @@ def load_datasets(config, splits=("train", "val")) -> dict:
             train, val = _hold_out(config, train)
         elif not d.val:
             if "val" in splits:
-                warnings.warn("config.data.val is empty and val_fraction is 0: validating on "
-                              "the training images", stacklevel=2)
+                warnings.warn("config.data.val is empty and val_fraction is 0: the val split "
+                              "is the training images", stacklevel=2)
             val = train
     if "val" in splits and val is None:
         val = _read(config, "val", train.class_names if train else class_names(config))

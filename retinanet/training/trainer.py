@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 
-from retinanet import _keras_compat, atomic
+from retinanet import atomic
 from retinanet import config as rconfig
 from retinanet.training import builders, datasets, workdir as run_folder
 
@@ -185,12 +185,6 @@ def _train(config, workdir: str, *, strategy: str, precision: str, verbose: int,
         write_dir = os.path.join(workdir, "workers", f"worker_{task_id}")
     else:
         write_dir = tempfile.mkdtemp(prefix=f"retinanet-worker{task_id}-")
-    os.makedirs(write_dir, exist_ok=True)
-    if is_chief:
-        _check_resumed_config(config, workdir)
-        rconfig.save(config, workdir)
-        run_folder.write_classes(workdir, class_names, category_ids)
-
     steps = datasets.steps_per_epoch(config, len(train_set))
     epochs = config.train.epochs
     backup_dir = os.path.join(workdir, "backup")
@@ -219,12 +213,21 @@ def _train(config, workdir: str, *, strategy: str, precision: str, verbose: int,
                                     num_replicas=distribution.num_replicas_in_sync)
         builders.compile_model(model, config, steps * epochs)
         if multi_worker:
+            from retinanet import _keras_compat
+
             _keras_compat.allow_multi_worker_fit(model)
+    # Only now, with the model built (the step that downloads or reads backbone weights and
+    # fails on a bad weights setting), does the run leave files in the workdir.
+    os.makedirs(write_dir, exist_ok=True)
+    if is_chief:
+        _check_resumed_config(config, workdir)
+        rconfig.save(config, workdir)
+        run_folder.write_classes(workdir, class_names, category_ids)
     print(f"Training {config.name}: {len(train_set)} training and {len(val_set)} validation "
           f"images, {len(class_names)} classes, {epochs} epochs of {steps} steps, global batch "
           f"{config.data.batch_size}, strategy {strategy} "
-          f"({distribution.num_replicas_in_sync} replicas), precision {precision}",
-          flush=True)
+          f"({distribution.num_replicas_in_sync} replicas), precision {precision}"
+          + _clipped_note(config, train_set, val_set), flush=True)
 
     checkpoint_dir = os.path.join(write_dir, "checkpoints")
     callbacks = []
@@ -276,6 +279,17 @@ def _train(config, workdir: str, *, strategy: str, precision: str, verbose: int,
                                   category_ids, verbose)
     return {"model": eval_model, "results": results, "class_names": class_names,
             "val_dataset": val_set, "val_data": val_data}
+
+
+def _clipped_note(config, train_set, val_set) -> str:
+    """The header's ", boxes clipped to their image: train T, val V" (`dataset.clipped`)."""
+    # A val split held out of (or equal to) train carries train's count: say it once.
+    separate = bool(config.data.val) and config.data.format != "shapes"
+    counts = [("train", train_set.clipped)] + ([("val", val_set.clipped)] if separate else [])
+    if not any(count for _, count in counts):
+        return ""
+    return ", boxes clipped to their image: " + ", ".join(f"{name} {count}"
+                                                          for name, count in counts)
 
 
 def _check_resumed_config(config, workdir: str):
