@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import signal
 import sys
 
@@ -29,10 +28,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from retinanet import config as rconfig  # noqa: E402
-from retinanet.training import datasets, trainer  # noqa: E402
-from retinanet.training import workdir as run_folder  # noqa: E402
-from retinanet.training.trainer import PRECISIONS, STRATEGIES, UsageError  # noqa: E402
+from retinanet.training.trainer import PRECISIONS, STRATEGIES  # noqa: E402
 
 COMMANDS = ("train", "evaluate", "predict", "export", "debug-anchors", "doctor", "config")
 # The flags each command reads, in the order `retinanet <command> --help` lists them.
@@ -117,6 +113,8 @@ def _usage() -> str:
 
 def command_help(command: str) -> str:
     """`retinanet <command> --help`: the command's summary and its flags, one line each."""
+    from retinanet.apps.commands import HANDLERS
+
     handler = HANDLERS[command]
     lines = [f"usage: retinanet {command} [flags]", "", (handler.__doc__ or "").strip(), "",
              "flags:"]
@@ -153,243 +151,6 @@ def _quiet_tensorflow_import():
         os.close(saved)
 
 
-# -- shared helpers -----------------------------------------------------------------------
-
-
-def _require(name: str) -> str:
-    value = FLAGS[name].value
-    if not value:
-        raise UsageError(f"--{name} is required")
-    return value
-
-
-def _config(required: bool = True):
-    """The --config, or WORKDIR/config.json; validated."""
-    config = FLAGS.config
-    if config is None:
-        workdir = FLAGS.workdir
-        if required or not workdir:
-            raise UsageError("--config is required (e.g. --config=configs/shapes.py)")
-        path = os.path.join(workdir, "config.json")
-        if not os.path.isfile(path):
-            raise UsageError(f"--workdir={workdir}: no config.json (not a training run folder?); "
-                             "pass --config")
-        config = rconfig.load_json(path)
-    rconfig.validate(config)
-    return config
-
-
-def _load_model(workdir: str):
-    """The --checkpoint of `workdir` as a `RetinaNet`."""
-    import keras
-
-    import retinanet.model  # noqa: F401  (registers the custom objects for load_model)
-
-    path = run_folder.checkpoint_path(workdir, FLAGS.checkpoint)
-    print(f"Loading {path}", flush=True)
-    try:
-        return keras.saving.load_model(path)
-    except TypeError as error:
-        # Keras's message for an unknown class runs to thousands of characters (the whole
-        # config); the class name is what the user needs.
-        unknown = re.search(r"Could not locate class '([^']+)'", str(error))
-        if unknown is None:
-            raise
-        raise ValueError(f"{path}: not a checkpoint this package can load: it holds a class "
-                         f"'{unknown.group(1)}' that neither Keras nor retinanet defines") \
-            from None
-
-
-def _set_precision():
-    import keras
-
-    keras.mixed_precision.set_global_policy(FLAGS.precision)
-
-
-# -- train --------------------------------------------------------------------------------
-
-
-def cmd_train():
-    """Trains the configured model in --workdir, resuming where a previous run stopped."""
-    config = _config()
-    workdir = _require("workdir")
-    trainer.train(config, workdir, strategy=FLAGS.strategy, precision=FLAGS.precision,
-                  verbose=FLAGS.verbose, tpu=FLAGS.tpu, keep_worker_dirs=FLAGS.keep_worker_dirs)
-
-
-# -- evaluate -----------------------------------------------------------------------------
-
-
-def cmd_evaluate():
-    """Evaluates a checkpoint of --workdir on a split; writes metrics.json and the reports."""
-    workdir = _require("workdir")
-    config = _config(required=False)
-    split = FLAGS.split or "val"
-    _set_precision()
-    dataset = datasets.load_datasets(config, (split,))[split]
-    class_names, category_ids = run_folder.read_classes(workdir)
-    if class_names is not None and class_names != dataset.class_names:
-        raise UsageError(f"the {split} split's classes {dataset.class_names} differ from the "
-                         f"trained model's {class_names}")
-    model = _load_model(workdir)
-    output = FLAGS.output or os.path.join(workdir, "eval", split)
-    print(f"Evaluating on {len(dataset)} {split} images", flush=True)
-    trainer.evaluate_and_report(model, config, datasets.eval_pipeline(config, dataset), output,
-                                dataset.class_names, category_ids or dataset.category_ids,
-                                FLAGS.verbose)
-
-
-# -- predict ------------------------------------------------------------------------------
-
-
-def cmd_predict():
-    """Detections for image files: COCO-results JSON plus annotated copies of the images."""
-    workdir = _require("workdir")
-    images = _require("images")
-    output = _require("output")
-    _check_writable(output)
-    config = _config(required=False)
-    from retinanet.apps.predict import image_records, predict_images
-    from retinanet.data import DetectionDataset
-
-    def report(name, problem):
-        print(f"retinanet predict: skipping {name}: {problem}", file=sys.stderr, flush=True)
-
-    records, names, skipped = image_records(images, FLAGS.stop_on_bad_image, report)
-    class_names, category_ids = run_folder.read_classes(workdir)
-    _set_precision()
-    model = _load_model(workdir)
-    if class_names is None:
-        class_names = [str(i) for i in range(model.num_classes)]
-    threshold = FLAGS.score_threshold
-    if threshold is not None and threshold < model.postprocessor.score_threshold:
-        # Read when the predict function is traced, i.e. on the first batch.
-        model.postprocessor.score_threshold = float(threshold)
-    batches = datasets.eval_pipeline(config, DetectionDataset(class_names, records, name=images))
-    path, found, done = predict_images(model, batches, records, names, output, class_names,
-                                       category_ids, threshold, FLAGS.verbose)
-    unreadable = f", {len(skipped)} unreadable images skipped" if skipped else ""
-    print(f"{found} detections in {done} images{unreadable} -> {path} (COCO results format; "
-          f"category_id is the {'dataset category id' if category_ids else '0-based class'})",
-          flush=True)
-
-
-def _check_writable(output: str):
-    """Raises UsageError unless `output` is (or can be created as) a writable folder."""
-    existing = os.path.abspath(output)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
-        problem = "is not a folder" if not os.path.isdir(existing) else "is not writable"
-        raise UsageError(f"--output={output}: {existing} {problem}")
-
-
-# -- export -------------------------------------------------------------------------------
-
-
-def cmd_export():
-    """Exports a checkpoint of --workdir as a SavedModel, LiteRT or ONNX model."""
-    workdir = _require("workdir")
-    output = _require("output")
-    from retinanet import export as rexport
-
-    export_format = {"tflite": "litert"}.get(FLAGS.format, FLAGS.format)
-    if export_format not in rexport.FORMATS:
-        raise UsageError(f"--format={FLAGS.format}: unknown format; expected one of "
-                         f"{', '.join(rexport.FORMATS)} (tflite = litert)")
-    config = _config(required=False)
-    from retinanet.preprocess import round_up
-
-    model = _load_model(workdir)
-    size = rconfig.image_size(config)
-    if export_format == "litert":
-        # A fixed square canvas that holds the resized images of either resize rule.
-        side = round_up(size if isinstance(size, int) else size[1],
-                        model.anchor_generator.stride_multiple)
-        kwargs = {"input_size": (side, side), "quantization": FLAGS.quantization or None}
-    else:
-        if FLAGS.quantization:
-            raise UsageError("--quantization applies to --format=litert only")
-        kwargs = {"resize": size}
-    if FLAGS.per_class_thresholds:
-        kwargs["class_score_thresholds"] = run_folder.best_f1_thresholds(workdir)
-    print(f"Exporting as {export_format} to {output}", flush=True)
-    written = rexport.export(model, output, format=export_format, **kwargs)
-    print(f"Wrote {written}", flush=True)
-
-
-# -- debug-anchors ------------------------------------------------------------------------
-
-
-def cmd_debug_anchors():
-    """Reports the share of ground-truth boxes matched by a positive anchor, and draws them."""
-    config = _config(required=False)
-    split = FLAGS.split or "train"
-    output = FLAGS.output or os.path.join(FLAGS.workdir or "runs", "debug_anchors")
-    from retinanet.apps.debug_anchors import debug_anchors
-
-    dataset = datasets.load_datasets(config, (split,))[split]
-    print(f"Matching anchors to the boxes of {len(dataset)} {split} images", flush=True)
-    report = debug_anchors(config, dataset, output, FLAGS.num_images, FLAGS.verbose)
-    sizes = ", ".join(f"{name} {v['recall']:.1%} of {v['num_boxes']}"
-                      for name, v in report["by_size"].items() if v["num_boxes"])
-    print(f"{report['recall']:.1%} of {report['num_boxes']} ground-truth boxes have an anchor "
-          f"with IoU >= {report['positive_iou']} ({sizes}); "
-          f"{report['recall_low_quality']:.1%} with low-quality matches. "
-          f"Drawings (green matched, red not, yellow best anchor) and report.json in {output}",
-          flush=True)
-
-
-def cmd_doctor():
-    """Checks the configured dataset: data health, anchor coverage, optionally fitted anchors."""
-    config = _config(required=False)
-    split = FLAGS.split or "train"
-    output = FLAGS.output or os.path.join(FLAGS.workdir or "runs", "doctor")
-    from retinanet.diagnostics import run_doctor, summary_text
-    from retinanet.training import builders
-
-    config.data.skip_invalid = True  # the doctor counts and names bad input instead of stopping
-    dataset = datasets.load_datasets(config, (split,))[split]
-    anchor_generator = builders.build_anchor_generator(config)
-    print(f"Examining {len(dataset)} {split} images", flush=True)
-    report = run_doctor(dataset, anchor_generator,
-                        builders.build_label_encoder(config, anchor_generator),
-                        rconfig.image_size(config), config.data.max_boxes, output,
-                        fit_anchors=FLAGS.fit_anchors, verbose=FLAGS.verbose)
-    print(summary_text(report), flush=True)
-
-
-# -- config -------------------------------------------------------------------------------
-
-
-def cmd_config():
-    """Prints the resolved config (--config with its overrides, or WORKDIR/config.json): every
-    field and its value, one per line."""
-    config = _config(required=False)
-
-    def lines(values, prefix):
-        for key in sorted(values):
-            if isinstance(values[key], dict):
-                yield from lines(values[key], f"{prefix}{key}.")
-            else:
-                yield f"{prefix}{key} = {values[key]!r}"
-
-    print("\n".join(lines(rconfig.to_dict(config), "config.")), flush=True)
-
-
-# -- entry point --------------------------------------------------------------------------
-
-HANDLERS = {
-    "train": cmd_train,
-    "evaluate": cmd_evaluate,
-    "predict": cmd_predict,
-    "export": cmd_export,
-    "debug-anchors": cmd_debug_anchors,
-    "doctor": cmd_doctor,
-    "config": cmd_config,
-}
-
-
 def _main(command, argv):
     if len(argv) > 1:
         _fail(command, f"unexpected arguments {argv[1:]} (flags are --name=value)")
@@ -400,6 +161,8 @@ def _main(command, argv):
     _quiet_tensorflow_import()
     if FLAGS.verbose < 2:
         logging.set_verbosity(logging.WARNING)  # not absl's INFO lines of SavedModel writing
+    from retinanet.apps.commands import HANDLERS
+
     try:
         HANDLERS[command]()
     except KeyboardInterrupt as interrupt:  # the trainer has said what was saved
@@ -441,7 +204,7 @@ def run(argv=None):
         print(_usage())
         sys.exit(0 if len(argv) >= 2 else EXIT_USAGE)
     command = argv[1].replace("_", "-")
-    if command not in HANDLERS:
+    if command not in COMMANDS:
         print(f"retinanet: error: unknown command {argv[1]!r}; expected one of "
               f"{', '.join(COMMANDS)}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
