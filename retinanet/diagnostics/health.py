@@ -15,12 +15,13 @@ import hashlib
 
 import numpy as np
 
-from retinanet.data import validation
+from retinanet.data import image_files, validation
 from retinanet.diagnostics.scaling import scaled_boxes
 
 MAX_NAMES = 20  # file names listed per problem; the count is always the total
 TINY_BOX_SIZE = 4.0  # px at the training size
-UNREADABLE_KINDS = (validation.MISSING_IMAGE, validation.CORRUPT_IMAGE)
+UNREADABLE_KINDS = (image_files.MISSING_IMAGE, image_files.CORRUPT_IMAGE,
+                    image_files.TOO_LARGE_IMAGE)
 DEGENERATE_KINDS = (validation.EMPTY_BOX, validation.NON_FINITE_BOX)
 OUTSIDE_KINDS = (validation.OUTSIDE_BOX,)
 
