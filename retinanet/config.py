@@ -55,6 +55,10 @@ def default_config() -> ml_collections.ConfigDict:
         # retinanet.model.build_simple_backbone).
         backbone="resnet50",
         backbone_weights="",  # "" (random init), "imagenet" or a .weights.h5 path
+        # Start from a whole detector: a keras-hub preset name or directory, or a .keras file
+        # (retinanet.model.pretrained). Its architecture and anchors replace backbone, widths
+        # and anchors above; the class subnet's last layer is new when the classes differ.
+        init_from="",
         freeze_backbone=False,
         frozen_batchnorm=True,  # False to train a backbone from scratch
         frozen_early_stages=True,  # the layers at strides 2 and 4; False to train from scratch

@@ -3,6 +3,7 @@
     retinanet train --config=configs/shapes.py --workdir=runs/shapes [--config.train.epochs=3]
     retinanet evaluate --workdir=runs/shapes [--split=val|train] [--checkpoint=best|last|PATH]
     retinanet predict --workdir=runs/shapes --images=FILE_OR_DIR --output=DIR
+    retinanet predict --checkpoint=retinanet_resnet50_fpn_coco --images=... --output=DIR
     retinanet export --workdir=runs/shapes --output=DIR [--format=saved_model|litert|onnx]
     retinanet debug-anchors --config=configs/shapes.py [--output=DIR] [--split=train]
 
@@ -46,7 +47,8 @@ flags.DEFINE_enum("precision", "float32", PRECISIONS, "Keras dtype policy.")
 flags.DEFINE_enum("split", None, ["train", "val"],
                   "Dataset split (evaluate: default val; debug-anchors: default train).")
 flags.DEFINE_string("checkpoint", "best",
-                    "evaluate/predict/export: best, last, or the path of a .keras file.")
+                    "evaluate/predict/export: best, last, the path of a .keras file, or a "
+                    "keras-hub preset name or directory (predict then needs no --workdir).")
 flags.DEFINE_string("images", None, "predict: an image file or a folder (searched recursively).")
 flags.DEFINE_string("output", None, "predict/export/debug-anchors/evaluate: output folder.")
 flags.DEFINE_string("format", "saved_model", "export: saved_model, litert or onnx.")
@@ -90,6 +92,8 @@ def _config(required: bool = True):
     config = FLAGS.config
     if config is None:
         workdir = FLAGS.workdir
+        if not (required or workdir) and FLAGS.checkpoint not in run_folder.CHECKPOINT_CHOICES:
+            return _pretrained_config()
         if required or not workdir:
             raise UsageError("--config is required (e.g. --config=configs/shapes.py)")
         path = os.path.join(workdir, "config.json")
@@ -101,13 +105,30 @@ def _config(required: bool = True):
     return config
 
 
-def _load_model(workdir: str):
-    """The --checkpoint of `workdir` as a `RetinaNet`."""
+def _pretrained_config():
+    """The default config at the COCO presets' input size, for a --checkpoint without a run."""
+    from retinanet.model.pretrained import PRESET_IMAGE_SIZE
+
+    config = rconfig.default_config()
+    config.data.image_size = 0
+    config.data.min_side, config.data.max_side = PRESET_IMAGE_SIZE
+    return config
+
+
+def _load_model(workdir: str | None):
+    """The --checkpoint (of `workdir`, or a preset or .keras file) as a `RetinaNet`."""
     import keras
 
     import retinanet  # noqa: F401  (registers the custom objects)
+    from retinanet.model import pretrained
 
-    path = run_folder.checkpoint_path(workdir, FLAGS.checkpoint)
+    if pretrained.is_preset(FLAGS.checkpoint):
+        print(f"Converting keras-hub preset {FLAGS.checkpoint}", flush=True)
+        try:
+            return pretrained.load_pretrained(FLAGS.checkpoint)
+        except ImportError as error:
+            raise UsageError(str(error)) from None
+    path = run_folder.checkpoint_path(workdir or "", FLAGS.checkpoint)
     print(f"Loading {path}", flush=True)
     return keras.saving.load_model(path)
 
@@ -163,19 +184,26 @@ def cmd_evaluate():
 
 def cmd_predict():
     """Detections for image files: COCO-results JSON plus annotated copies of the images."""
-    workdir = _require("workdir")
+    workdir = FLAGS.workdir
+    if not workdir and FLAGS.checkpoint in run_folder.CHECKPOINT_CHOICES:
+        raise UsageError("--workdir is required (or a --checkpoint that is a .keras file or a "
+                         "keras-hub preset)")
     images = _require("images")
     output = _require("output")
     config = _config(required=False)
     from retinanet.apps.predict import image_records, predict_images
     from retinanet.data import DetectionDataset
+    from retinanet.model import pretrained
 
     records, names = image_records(images)
-    class_names, category_ids = run_folder.read_classes(workdir)
+    class_names, category_ids = None, None
+    if workdir and not pretrained.is_preset(FLAGS.checkpoint):
+        class_names, category_ids = run_folder.read_classes(workdir)
     _set_precision()
     model = _load_model(workdir)
-    if class_names is None:
-        class_names = [str(i) for i in range(model.num_classes)]
+    if class_names is None:  # a preset or .keras file: the names and ids it carries
+        class_names = model.class_names or [str(i) for i in range(model.num_classes)]
+        category_ids = pretrained.category_ids(model)
     threshold = FLAGS.score_threshold
     if threshold is not None and threshold < model.postprocessor.score_threshold:
         # Read when the predict function is traced, i.e. on the first batch.
