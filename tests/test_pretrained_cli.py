@@ -100,12 +100,14 @@ def test_build_model_from_a_keras_file_uses_the_config_matching_and_decoding(
         builders.build_model(config, num_classes=2)
 
 
-def test_coco_category_ids_only_for_coco_logits(tiny_retinanet):
-    assert pretrained.category_ids(tiny_retinanet()) is None
+def test_model_classes_are_unique_and_coco_ids_only_for_coco_logits(tiny_retinanet):
+    assert pretrained.model_classes(tiny_retinanet()) == (["0", "1", "2"], None)
     coco = tiny_retinanet()
     coco.class_names = list(retinanet.model.presets.COCO_CLASS_NAMES)
-    ids = pretrained.category_ids(coco)
-    assert ids[1] == 1 and ids[90] == 90 and len(ids) == 91
+    names, ids = pretrained.model_classes(coco)
+    assert len(set(names)) == 91 and names[:2] == ["__background__", "person"]
+    assert names[12] == "N/A" and names[26] == "N/A 26"
+    assert ids == list(range(91))
 
 
 # ----------------------------------------------------------------------------- preset
@@ -165,17 +167,21 @@ def test_train_init_from_a_preset_directory(preset_dir, tmp_path):
     workdir = tmp_path / "run"
     cli("train", f"--config={TINY}", f"--workdir={workdir}", "--verbose=0",
         f"--config.model.init_from={preset_dir}", "--config.train.epochs=1",
-        "--config.train.steps_per_epoch=1", "--config.data.batch_size=2")
+        "--config.train.steps_per_epoch=1", "--config.data.batch_size=2",
+        "--config.data.shapes.num_val=2", "--config.train.eval_every_n_epochs=0")
     trained = keras.saving.load_model(workdir / "checkpoints" / "last.keras")
     source = retinanet.RetinaNet.from_preset(str(preset_dir))
-    assert trained.num_classes == 3 and trained.backbone.name == "torchvision_resnet50"
+    class_names = json.loads((workdir / "classes.json").read_text())["class_names"]
+    assert trained.num_classes == len(class_names) != 91  # a new class layer
+    assert trained.backbone.name == "torchvision_resnet50"
     assert trained.anchor_generator.convention == "torchvision"
     features = trained.backbone.get_layer("torchvision_resnet50_features")
     source_features = source.backbone.get_layer("torchvision_resnet50_features")
-    # Frozen (stem, res2, batch norm): still the preset's. The box head trained.
+    # Frozen (stem, res2, batch norm): still the preset's. The class subnet trained (the
+    # box head may see no positive anchor in one step of two images).
     for name in ("conv1_conv", "stack0_block2_3_conv", "stack3_block2_3_bn"):
         for ours, theirs in zip(features.get_layer(name).weights,
                                 source_features.get_layer(name).weights):
             np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
-    assert not np.array_equal(trained.box_head.output_conv.kernel.numpy(),
-                              source.box_head.output_conv.kernel.numpy())
+    assert not np.array_equal(trained.classification_head.convs[0].kernel.numpy(),
+                              source.classification_head.convs[0].kernel.numpy())

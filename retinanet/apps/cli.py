@@ -202,8 +202,7 @@ def cmd_predict():
     _set_precision()
     model = _load_model(workdir)
     if class_names is None:  # a preset or .keras file: the names and ids it carries
-        class_names = model.class_names or [str(i) for i in range(model.num_classes)]
-        category_ids = pretrained.category_ids(model)
+        class_names, category_ids = pretrained.model_classes(model)
     threshold = FLAGS.score_threshold
     if threshold is not None and threshold < model.postprocessor.score_threshold:
         # Read when the predict function is traced, i.e. on the first batch.

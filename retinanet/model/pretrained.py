@@ -98,11 +98,21 @@ def with_num_classes(model, num_classes):
     return new
 
 
-def category_ids(model):
-    """COCO category ids per logit for a model with torchvision's 91 COCO logits, else None.
+def model_classes(model):
+    """`(class_names, category_ids)` a model carries, for predictions without a training run.
 
-    torchvision's layout: logit `i` is COCO category id `i` (see `retinanet.model.presets`).
+    Names are `model.class_names` (else `"0"`, `"1"`, ...), made unique by appending the index
+    to repeats (torchvision's ten unused COCO ids are all `"N/A"`: `"N/A"`, `"N/A 26"`, ...).
+    Category ids are COCO's for a model with torchvision's 91 COCO logits (logit `i` is
+    category id `i`, see `retinanet.model.presets`), else None (ids are the 0-based classes).
     """
-    if model.class_names is not None and tuple(model.class_names) == COCO_CLASS_NAMES:
-        return list(range(len(COCO_CLASS_NAMES)))
-    return None
+    names = model.class_names or [str(index) for index in range(model.num_classes)]
+    seen = set()
+    unique = []
+    for index, name in enumerate(names):
+        unique.append(f"{name} {index}" if name in seen else name)
+        seen.add(name)
+    ids = None
+    if tuple(names) == COCO_CLASS_NAMES:
+        ids = list(range(len(COCO_CLASS_NAMES)))
+    return unique, ids
