@@ -55,6 +55,10 @@ def default_config() -> ml_collections.ConfigDict:
         # retinanet.model.build_simple_backbone).
         backbone="resnet50",
         backbone_weights="",  # "" (random init), "imagenet" or a .weights.h5 path
+        # Start from a whole detector: a keras-hub preset name or directory, or a .keras file
+        # (retinanet.model.pretrained). Its architecture and anchors replace backbone, widths
+        # and anchors above; the class subnet's last layer is new when the classes differ.
+        init_from="",
         freeze_backbone=False,
         # None (unset) follows the weights: frozen when the backbone starts from pretrained
         # weights (backbone_weights or a pretrained detector), trainable from scratch; an

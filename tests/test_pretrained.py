@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import pytest
 from conftest import make_squares
+from keras_hub_presets import ARCHITECTURES, MEAN, STD, keras_hub_detector
 
 import retinanet
 from retinanet.anchors import AnchorGenerator
@@ -23,9 +24,6 @@ from retinanet.model.torchvision_resnet import TorchvisionNormalization
 keras_hub = pytest.importorskip("keras_hub")
 
 SIZE = 128
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
-ARCHITECTURES = ("v1", "v2")
 
 
 # ----------------------------------------------------------------------------- anchors
@@ -125,63 +123,12 @@ def test_coco_names_and_ids():
 # ----------------------------------------------------------------------------- import
 
 
-def _keras_hub_detector(architecture):
-    """keras-hub's RetinaNet as its conversion script builds it, random weights."""
-    from keras_hub.src.models.retinanet.retinanet_backbone import RetinaNetBackbone
-    from keras_hub.src.models.retinanet.retinanet_image_converter import (
-        RetinaNetImageConverter,
-    )
-    from keras_hub.src.models.retinanet.retinanet_object_detector_preprocessor import (
-        RetinaNetObjectDetectorPreprocessor,
-    )
-
-    keras.utils.set_random_seed(1)
-    # `Backbone.from_preset("resnet_50_imagenet", load_weights=False)`'s config.
-    encoder = keras_hub.models.ResNetBackbone(
-        input_conv_filters=[64],
-        input_conv_kernel_sizes=[7],
-        stackwise_num_filters=[64, 128, 256, 512],
-        stackwise_num_blocks=[3, 4, 6, 3],
-        stackwise_num_strides=[1, 2, 2, 2],
-        block_type="bottleneck_block",
-        use_pre_activation=False,
-    )
-    backbone = RetinaNetBackbone(
-        image_encoder=encoder, min_level=3, max_level=7, use_p5=architecture == "v2"
-    )
-    converter = RetinaNetImageConverter(
-        image_size=(SIZE, SIZE),
-        pad_to_aspect_ratio=True,
-        crop_to_aspect_ratio=False,
-        scale=[1.0 / 255.0 / s for s in STD],
-        offset=[-m / s for m, s in zip(MEAN, STD)],
-    )
-    detector = keras_hub.models.RetinaNetObjectDetector(
-        backbone=backbone,
-        num_classes=91,
-        preprocessor=RetinaNetObjectDetectorPreprocessor(image_converter=converter),
-        use_prediction_head_norm=architecture == "v2",
-    )
-    # Trained-looking outputs: box deltas well inside torchvision's exp clamp, and class 1
-    # (person) the best class of every anchor, with its scores spread out (see
-    # test_predict_matches_keras_hub for why).
-    box_output = detector.box_head.prediction_layer
-    box_output.kernel.assign(box_output.kernel * 0.02)
-    box_output.bias.assign(np.zeros(box_output.bias.shape, "float32"))
-    cls_output = detector.classification_head.prediction_layer
-    cls_output.kernel.assign(cls_output.kernel * 0.05)
-    bias = np.full((9, 91), -4.0, "float32")
-    bias[:, 1] = 3.0
-    cls_output.bias.assign(bias.reshape(-1))
-    return detector
-
-
 @pytest.fixture(scope="module")
 def keras_hub_presets(tmp_path_factory):
     """{architecture: (keras-hub detector, preset directory)}."""
     result = {}
     for architecture in ARCHITECTURES:
-        detector = _keras_hub_detector(architecture)
+        detector = keras_hub_detector(architecture, SIZE)
         directory = tmp_path_factory.mktemp(f"retinanet_{architecture}")
         detector.save_to_preset(str(directory))
         result[architecture] = (detector, str(directory))

@@ -3,6 +3,7 @@
     retinanet train --config=configs/shapes.py --workdir=runs/shapes [--config.train.epochs=3]
     retinanet evaluate --workdir=runs/shapes [--split=val|train] [--checkpoint=best|last|PATH]
     retinanet predict --workdir=runs/shapes --images=FILE_OR_DIR --output=DIR
+    retinanet predict --checkpoint=retinanet_resnet50_fpn_coco --images=... --output=DIR
     retinanet export --workdir=runs/shapes --output=DIR [--format=saved_model|litert|onnx]
     retinanet debug-anchors --config=configs/shapes.py [--output=DIR] [--split=train]
     retinanet doctor --config=configs/shapes.py [--output=DIR] [--split=train] [--fit_anchors]
@@ -66,7 +67,8 @@ flags.DEFINE_enum("precision", "float32", PRECISIONS, "Keras dtype policy.")
 flags.DEFINE_enum("split", None, ["train", "val"],
                   "Dataset split (evaluate: default val; debug-anchors, doctor: default train).")
 flags.DEFINE_string("checkpoint", "best",
-                    "evaluate/predict/export: best, last, or the path of a .keras file.")
+                    "evaluate/predict/export: best, last, the path of a .keras file, or a "
+                    "keras-hub preset name or directory (predict then needs no --workdir).")
 flags.DEFINE_string("images", None, "predict: an image file or a folder (searched recursively).")
 flags.DEFINE_string("output", None, "predict/export/debug-anchors/evaluate: output folder.")
 flags.DEFINE_string("format", "saved_model",

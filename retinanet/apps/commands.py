@@ -28,10 +28,13 @@ def _require(name: str) -> str:
 
 
 def _config(required: bool = True):
-    """The --config, or WORKDIR/config.json; validated."""
+    """The --config, or WORKDIR/config.json, or for a --checkpoint without a run the preset
+    defaults; validated."""
     config = FLAGS.config
     if config is None:
         workdir = FLAGS.workdir
+        if not (required or workdir) and FLAGS.checkpoint not in run_folder.CHECKPOINT_CHOICES:
+            return _pretrained_config()
         if required or not workdir:
             raise UsageError("--config is required (e.g. --config=configs/shapes.py)")
         path = os.path.join(workdir, "config.json")
@@ -43,13 +46,30 @@ def _config(required: bool = True):
     return config
 
 
-def _load_model(workdir: str):
-    """The --checkpoint of `workdir` as a `RetinaNet`."""
+def _pretrained_config():
+    """The default config at the COCO presets' input size, for a --checkpoint without a run."""
+    from retinanet.model.pretrained import PRESET_IMAGE_SIZE
+
+    config = rconfig.default_config()
+    config.data.image_size = 0
+    config.data.min_side, config.data.max_side = PRESET_IMAGE_SIZE
+    return config
+
+
+def _load_model(workdir: str | None):
+    """The --checkpoint (of `workdir`, or a preset or .keras file) as a `RetinaNet`."""
     import keras
 
     import retinanet.model  # noqa: F401  (registers the custom objects for load_model)
+    from retinanet.model import pretrained
 
-    path = run_folder.checkpoint_path(workdir, FLAGS.checkpoint)
+    if pretrained.is_preset(FLAGS.checkpoint):
+        print(f"Converting keras-hub preset {FLAGS.checkpoint}", flush=True)
+        try:
+            return pretrained.load_pretrained(FLAGS.checkpoint)
+        except ImportError as error:
+            raise UsageError(str(error)) from None
+    path = run_folder.checkpoint_path(workdir or "", FLAGS.checkpoint)
     print(f"Loading {path}", flush=True)
     try:
         return keras.saving.load_model(path)
@@ -108,23 +128,29 @@ def cmd_evaluate():
 
 def cmd_predict():
     """Detections for image files: COCO-results JSON plus annotated copies of the images."""
-    workdir = _require("workdir")
+    workdir = FLAGS.workdir
+    if not workdir and FLAGS.checkpoint in run_folder.CHECKPOINT_CHOICES:
+        raise UsageError("--workdir is required (or a --checkpoint that is a .keras file or a "
+                         "keras-hub preset)")
     images = _require("images")
     output = _require("output")
     _check_writable(output)
     config = _config(required=False)
     from retinanet.apps.predict import image_records, predict_images
     from retinanet.data import DetectionDataset
+    from retinanet.model import pretrained
 
     def report(name, problem):
         print(f"retinanet predict: skipping {name}: {problem}", file=sys.stderr, flush=True)
 
     records, names, skipped = image_records(images, FLAGS.stop_on_bad_image, report)
-    class_names, category_ids = run_folder.read_classes(workdir)
+    class_names, category_ids = None, None
+    if workdir and not pretrained.is_preset(FLAGS.checkpoint):
+        class_names, category_ids = run_folder.read_classes(workdir)
     _set_precision()
     model = _load_model(workdir)
-    if class_names is None:
-        class_names = [str(i) for i in range(model.num_classes)]
+    if class_names is None:  # a preset or .keras file: the names and ids it carries
+        class_names, category_ids = pretrained.model_classes(model)
     threshold = FLAGS.score_threshold
     if threshold is not None and threshold < model.postprocessor.score_threshold:
         # Read when the predict function is traced, i.e. on the first batch.

@@ -81,6 +81,21 @@ def _bottleneck(x, filters, stride, projection, name):
     return layers.ReLU(name=f"{name}_out")(layers.Add(name=f"{name}_add")([shortcut, y]))
 
 
+def set_frozen_layers(extractor, frozen_batchnorm=True, frozen_early_stages=True):
+    """Sets `trainable` on every layer of a torchvision-layout ResNet's features model.
+
+    Args:
+        extractor: the inner `f"{name}_features"` model of `build_torchvision_resnet`.
+        frozen_batchnorm: batch norm with fixed statistics (torchvision's `FrozenBatchNorm2d`).
+        frozen_early_stages: freeze the stem and res2 (torchvision's
+            `trainable_backbone_layers=3`); False makes them trainable again.
+    """
+    for layer in extractor.layers:
+        early = frozen_early_stages and layer.name.startswith(("conv1", "pool1", "stack0_"))
+        norm = frozen_batchnorm and isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = not (early or norm)
+
+
 def build_torchvision_resnet(
     name="torchvision_resnet50",
     weights=None,
@@ -139,14 +154,7 @@ def build_torchvision_resnet(
         if not os.path.isfile(weights):
             raise ValueError(f"`backbone_weights` file not found: {weights}")
         extractor.load_weights(weights)
-    if frozen_early_stages:
-        for layer in extractor.layers:
-            if layer.name.startswith(("conv1", "pool1", "stack0_")):
-                layer.trainable = False
-    if frozen_batchnorm:
-        for layer in extractor.layers:
-            if isinstance(layer, layers.BatchNormalization):
-                layer.trainable = False
+    set_frozen_layers(extractor, frozen_batchnorm, frozen_early_stages)
     extractor.trainable = trainable
     images = keras.Input((None, None, 3), name="images")
     normalisation = TorchvisionNormalization(mean, std, name="torchvision_normalization")

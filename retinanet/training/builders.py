@@ -68,7 +68,7 @@ def _backbone(model):
     if model.backbone != "simple":
         from retinanet.model.backbone import follow_weights
 
-        pretrained = bool(weights) or bool(model.get("init_from"))
+        pretrained = bool(weights) or bool(model.init_from)
         return model.backbone, {
             "backbone_weights": weights,
             "frozen_batchnorm": follow_weights(model.frozen_batchnorm, pretrained),
@@ -101,8 +101,47 @@ def _imagenet_download(weights: str):
             from None
 
 
+def _pretrained_model(config, num_classes: int):
+    """`config.model.init_from`'s network and weights with the config's matching and decoding.
+
+    The source's backbone, FPN, heads and anchors are kept (`config.model.backbone`, the
+    widths and `config.model.anchors` do not apply). A torchvision ResNet backbone gets
+    `frozen_batchnorm` / `frozen_early_stages` (both on by default, as torchvision
+    fine-tunes its COCO detectors); other backbones keep the flags saved with them.
+    """
+    from retinanet.model.pretrained import load_pretrained
+    from retinanet.model.retinanet import RetinaNet
+    from retinanet.model.backbone import follow_weights
+    from retinanet.model.torchvision_resnet import RESNET_BLOCKS, set_frozen_layers
+
+    model = config.model
+    with config_section("config.model.init_from"):
+        source = load_pretrained(model.init_from, num_classes)
+    anchor_generator = source.anchor_generator
+    if anchor_generator.stride_multiple != build_anchor_generator(config).stride_multiple:
+        raise ConfigError(f"config.model.anchors.max_level: must be the init_from model's "
+                          f"{anchor_generator.max_level}, got {model.anchors.max_level}")
+    if source.backbone.name in RESNET_BLOCKS:
+        set_frozen_layers(source.backbone.get_layer(f"{source.backbone.name}_features"),
+                          follow_weights(model.frozen_batchnorm, pretrained=True),
+                          follow_weights(model.frozen_early_stages, pretrained=True))
+    label_encoder = build_label_encoder(config, anchor_generator)
+    with config_section("config.model"):
+        return RetinaNet(
+            num_classes=num_classes, backbone=source.backbone,
+            freeze_backbone=model.freeze_backbone, anchor_generator=anchor_generator,
+            label_encoder=label_encoder, fpn=source.fpn,
+            classification_head=source.classification_head, box_head=source.box_head,
+            postprocessor=build_postprocessor(config, anchor_generator, label_encoder),
+            class_names=source.class_names if source.num_classes == num_classes else None,
+        )
+
+
 def build_model(config, num_classes: int, num_replicas: int = 1):
     """A `RetinaNet` with the configured backbone, widths, anchors, matching and decoding.
+
+    With `config.model.init_from` set, the network and its weights come from that preset or
+    `.keras` file instead (see `_pretrained_model`).
 
     Args:
         config: the ConfigDict.
@@ -119,19 +158,22 @@ def build_model(config, num_classes: int, num_replicas: int = 1):
     if model.batchnorm_momentum and not 0.0 < model.batchnorm_momentum < 1.0:
         raise ConfigError("config.model.batchnorm_momentum: must be in (0, 1), got "
                           f"{model.batchnorm_momentum}")
-    anchor_generator = build_anchor_generator(config)
-    label_encoder = build_label_encoder(config, anchor_generator)
-    postprocessor = build_postprocessor(config, anchor_generator, label_encoder)
-    backbone, backbone_options = _backbone(model)
-    with config_section("config.model"), _imagenet_download(model.backbone_weights):
-        retinanet = RetinaNet(
-            num_classes=num_classes, backbone=backbone, **backbone_options,
-            freeze_backbone=model.freeze_backbone,
-            fpn_filters=model.fpn_filters, head_convs=model.head_convs,
-            head_filters=model.head_filters, use_group_norm=model.use_group_norm,
-            anchor_generator=anchor_generator, label_encoder=label_encoder,
-            postprocessor=postprocessor,
-        )
+    if model.init_from:
+        retinanet = _pretrained_model(config, num_classes)
+    else:
+        anchor_generator = build_anchor_generator(config)
+        label_encoder = build_label_encoder(config, anchor_generator)
+        postprocessor = build_postprocessor(config, anchor_generator, label_encoder)
+        backbone, backbone_options = _backbone(model)
+        with config_section("config.model"), _imagenet_download(model.backbone_weights):
+            retinanet = RetinaNet(
+                num_classes=num_classes, backbone=backbone, **backbone_options,
+                freeze_backbone=model.freeze_backbone,
+                fpn_filters=model.fpn_filters, head_convs=model.head_convs,
+                head_filters=model.head_filters, use_group_norm=model.use_group_norm,
+                anchor_generator=anchor_generator, label_encoder=label_encoder,
+                postprocessor=postprocessor,
+            )
     for layer in _keras_compat.all_layers(retinanet.backbone):
         if isinstance(layer, keras.layers.BatchNormalization):
             # Both are read at call time and saved by get_config().
