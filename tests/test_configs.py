@@ -174,7 +174,7 @@ def test_the_demo_finds_its_config_from_the_package():
     import sys
 
     script = ("import os\nfrom retinanet.apps import demo\n"
-              "print(os.path.isfile(demo.FLAGS['config'].default))")
+              "print(os.path.isfile(demo.FLAGS['config'].config_filename))")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             cwd="/", timeout=600)
     assert result.stdout.strip() == "True", result.stderr[-2000:]
