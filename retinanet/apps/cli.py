@@ -46,11 +46,13 @@ flags.DEFINE_enum("precision", "float32", PRECISIONS, "Keras dtype policy.")
 flags.DEFINE_enum("split", None, ["train", "val"],
                   "Dataset split (evaluate: default val; debug-anchors: default train).")
 flags.DEFINE_string("checkpoint", "best",
-                    "evaluate/predict/export: best, last, or the path of a .keras file.")
+                    "evaluate/predict/export: best, last, or the path of a .keras file; "
+                    "evaluate also takes an exported SavedModel directory, .tflite or .onnx.")
 flags.DEFINE_string("images", None, "predict: an image file or a folder (searched recursively).")
 flags.DEFINE_string("output", None, "predict/export/debug-anchors/evaluate: output folder.")
 flags.DEFINE_string("format", "saved_model", "export: saved_model, litert or onnx.")
-flags.DEFINE_string("quantization", "", "export --format=litert: '', float16 or dynamic_range.")
+flags.DEFINE_string("quantization", "", "export: litert '', float16, dynamic_range or int8; "
+                    "onnx '' or int8 (int8 calibrates on 100 training images).")
 flags.DEFINE_float("score_threshold", None,
                    "predict: keep detections with at least this score (default: 0.3 for the "
                    "drawings, the config's postprocess.score_threshold for the JSON).")
@@ -101,8 +103,14 @@ def _config(required: bool = True):
     return config
 
 
-def _load_model(workdir: str):
-    """The --checkpoint of `workdir` as a `RetinaNet`."""
+def _load_model(workdir: str, exported_ok: bool = False):
+    """The --checkpoint of `workdir` as a `RetinaNet`; with `exported_ok`, an exported model
+    (SavedModel, .tflite, .onnx) given as --checkpoint, with the same `predict_on_batch`."""
+    from retinanet.export.runtime import load_exported, runtime_of
+
+    if exported_ok and runtime_of(FLAGS.checkpoint):
+        print(f"Loading {FLAGS.checkpoint} ({runtime_of(FLAGS.checkpoint)})", flush=True)
+        return load_exported(FLAGS.checkpoint)
     import keras
 
     import retinanet  # noqa: F401  (registers the custom objects)
@@ -145,7 +153,7 @@ def cmd_evaluate():
     if class_names is not None and class_names != dataset.class_names:
         raise UsageError(f"the {split} split's classes {dataset.class_names} differ from the "
                          f"trained model's {class_names}")
-    model = _load_model(workdir)
+    model = _load_model(workdir, exported_ok=True)
     output = FLAGS.output or os.path.join(workdir, "eval", split)
     print(f"Evaluating on {len(dataset)} {split} images", flush=True)
     results = evaluate(model, datasets.eval_pipeline(config, dataset),
@@ -209,11 +217,18 @@ def cmd_export():
         # A fixed square canvas that holds the resized images of either resize rule.
         side = round_up(size if isinstance(size, int) else size[1],
                         model.anchor_generator.stride_multiple)
-        kwargs = {"input_size": (side, side), "quantization": FLAGS.quantization or None}
+        kwargs = {"input_size": (side, side)}
     else:
-        if FLAGS.quantization:
-            raise UsageError("--quantization applies to --format=litert only")
         kwargs = {"resize": size}
+    if FLAGS.quantization:
+        kwargs["quantization"] = FLAGS.quantization
+    if FLAGS.quantization == "int8":
+        from retinanet.export.calibration import DEFAULT_CALIBRATION_IMAGES
+
+        train = datasets.load_datasets(config, ("train",))["train"]
+        print(f"Calibrating int8 on {DEFAULT_CALIBRATION_IMAGES} of {len(train)} training "
+              "images", flush=True)
+        kwargs["representative_data"] = datasets.eval_pipeline(config, train)
     print(f"Exporting as {FLAGS.format} to {output}", flush=True)
     written = rexport.export(model, output, format=FLAGS.format, **kwargs)
     print(f"Wrote {written}", flush=True)
