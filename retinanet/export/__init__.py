@@ -122,7 +122,7 @@ def export(
     if quantization != "int8" and representative_data is not None:
         raise ValueError("`representative_data` applies to quantization='int8' only, got "
                          f"quantization={quantization!r}.")
-    elif resize is not None:
+    if format == "litert" and resize is not None:
         raise ValueError(
             "`resize` does not apply to format='litert' (its input has the fixed `input_size`)."
         )
