@@ -200,7 +200,8 @@ def test_evaluate_an_exported_model_gives_the_keras_metrics(tmp_path):
     # A low threshold, so that the briefly trained model has detections to score.
     workdir = tmp_path / "run"
     cli("train", f"--config={TINY}", f"--workdir={workdir}", "--verbose=0",
-        "--config.model.postprocess.score_threshold=0.001")
+        "--config.model.postprocess.score_threshold=0.001", "--config.train.epochs=2",
+        "--config.train.steps_per_epoch=25", "--config.train.learning_rate=3e-3")
     cli("export", f"--workdir={workdir}", f"--output={tmp_path / 'sm'}", "--checkpoint=last")
     metrics = {}
     for name, checkpoint in (("keras", "last"), ("saved_model", tmp_path / "sm")):
