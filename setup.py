@@ -20,7 +20,7 @@ setup(
         "matplotlib>=3.5",
     ],
     extras_require={
-        "export": ["tf2onnx>=1.17", "onnx>=1.17", "ai-edge-litert>=2.3"],
+        "export": ["tf2onnx>=1.17", "onnx>=1.17", "onnxruntime>=1.20", "ai-edge-litert>=2.3"],
         # `RetinaNet.from_preset`: torchvision's COCO RetinaNets through keras-hub presets.
         "pretrained": ["keras-hub>=0.32,<0.33"],
         "test": [

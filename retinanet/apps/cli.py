@@ -68,7 +68,8 @@ flags.DEFINE_enum("split", None, ["train", "val"],
                   "Dataset split (evaluate: default val; debug-anchors, doctor: default train).")
 flags.DEFINE_string("checkpoint", "best",
                     "evaluate/predict/export: best, last, the path of a .keras file, or a "
-                    "keras-hub preset name or directory (predict then needs no --workdir).")
+                    "keras-hub preset name or directory (predict then needs no --workdir); "
+                    "evaluate also takes an exported SavedModel directory, .tflite or .onnx.")
 flags.DEFINE_string("images", None, "predict: an image file or a folder (searched recursively).")
 flags.DEFINE_string("output", None, "predict/export/debug-anchors/evaluate: output folder.")
 flags.DEFINE_string("format", "saved_model",
@@ -76,7 +77,8 @@ flags.DEFINE_string("format", "saved_model",
 flags.DEFINE_enum("per_class_thresholds", "", ["", "best_f1"],
                   "export --format=saved_model: best_f1 bakes each class's best-F1 score "
                   "threshold from WORKDIR/analysis.json (the last validation) into the model.")
-flags.DEFINE_string("quantization", "", "export --format=litert: '', float16 or dynamic_range.")
+flags.DEFINE_string("quantization", "", "export: litert '', float16, dynamic_range or int8; "
+                    "onnx '' or int8 (int8 calibrates on 100 training images).")
 flags.DEFINE_float("score_threshold", None,
                    "predict: keep detections with at least this score (default: 0.3 for the "
                    "drawings, the config's postprocess.score_threshold for the JSON).")

@@ -56,8 +56,15 @@ def _pretrained_config():
     return config
 
 
-def _load_model(workdir: str | None):
-    """The --checkpoint (of `workdir`, or a preset or .keras file) as a `RetinaNet`."""
+def _load_model(workdir: str | None, exported_ok: bool = False):
+    """The --checkpoint (of `workdir`, or a preset or .keras file) as a `RetinaNet`; with
+    `exported_ok`, an exported model (SavedModel, .tflite, .onnx) with the same
+    `predict_on_batch`."""
+    from retinanet.export.runtime import load_exported, runtime_of
+
+    if exported_ok and runtime_of(FLAGS.checkpoint):
+        print(f"Loading {FLAGS.checkpoint} ({runtime_of(FLAGS.checkpoint)})", flush=True)
+        return load_exported(FLAGS.checkpoint)
     import keras
 
     import retinanet.model  # noqa: F401  (registers the custom objects for load_model)
@@ -115,7 +122,7 @@ def cmd_evaluate():
     if class_names is not None and class_names != dataset.class_names:
         raise UsageError(f"the {split} split's classes {dataset.class_names} differ from the "
                          f"trained model's {class_names}")
-    model = _load_model(workdir)
+    model = _load_model(workdir, exported_ok=True)
     output = FLAGS.output or os.path.join(workdir, "eval", split)
     print(f"Evaluating on {len(dataset)} {split} images", flush=True)
     trainer.evaluate_and_report(model, config, datasets.eval_pipeline(config, dataset), output,
@@ -196,11 +203,18 @@ def cmd_export():
         # A fixed square canvas that holds the resized images of either resize rule.
         side = round_up(size if isinstance(size, int) else size[1],
                         model.anchor_generator.stride_multiple)
-        kwargs = {"input_size": (side, side), "quantization": FLAGS.quantization or None}
+        kwargs = {"input_size": (side, side)}
     else:
-        if FLAGS.quantization:
-            raise UsageError("--quantization applies to --format=litert only")
         kwargs = {"resize": size}
+    if FLAGS.quantization:
+        kwargs["quantization"] = FLAGS.quantization
+    if FLAGS.quantization == "int8":
+        from retinanet.export.calibration import DEFAULT_CALIBRATION_IMAGES
+
+        train = datasets.load_datasets(config, ("train",))["train"]
+        print(f"Calibrating int8 on {DEFAULT_CALIBRATION_IMAGES} of {len(train)} training "
+              "images", flush=True)
+        kwargs["representative_data"] = datasets.eval_pipeline(config, train)
     if FLAGS.per_class_thresholds:
         kwargs["class_score_thresholds"] = run_folder.best_f1_thresholds(workdir)
     print(f"Exporting as {export_format} to {output}", flush=True)

@@ -16,8 +16,12 @@ The forms:
   `[B, H, W, 3]` of any size (B >= 1); `serving_bytes` takes `image_bytes`, string
   `[B]` of encoded JPEG, PNG, GIF or BMP images, which may differ in size.
 - `export_litert`: a `.tflite` file of TFLite builtin ops only, with one fixed input
-  `images` uint8 `[1, height, width, 3]`; float32, float16 or dynamic-range weights.
-- `export_onnx`: an ONNX model (via tf2onnx) with input `images` uint8 `[B, H, W, 3]`.
+  `images` uint8 `[1, height, width, 3]`; float32, float16 or dynamic-range weights, or
+  full integer (`"int8"`: network in int8, calibrated on `representative_data`).
+- `export_onnx`: an ONNX model (via tf2onnx) with input `images` uint8 `[B, H, W, 3]`;
+  float32, or `"int8"` (ONNX Runtime's static quantisation of the convolutions).
+- `load_exported` (retinanet.export.runtime): runs any of them with
+  `predict_on_batch(images)`, as `retinanet.evaluation.evaluate` expects.
 - `export`: one of the above by name, writing into a directory (for the CLI).
 
 Without `resize` the images go into the model as they are (it pads them to a multiple of
@@ -37,18 +41,22 @@ small model (tested against: 1 px and 1e-3 unless said otherwise):
 - dynamic-range LiteRT: int8 weights with activations quantised on the fly; the top five
   detections moved by up to 8 px and 0.03 in score (tested against 16 px and 0.06), and the
   count changes. Check it on your own data before deploying it; prefer float16.
+- int8 LiteRT and int8 ONNX: see tests/test_export_int8.py and BENCHMARKS.md (top
+  detections of a trained model overlap the float model's with IoU >= 0.9).
 """
 
 import os
 
 from retinanet.export.litert import QUANTIZATIONS, export_litert
-from retinanet.export.onnx import DEFAULT_ONNX_OPSET, export_onnx
+from retinanet.export.onnx import DEFAULT_ONNX_OPSET, ONNX_QUANTIZATIONS, export_onnx
+from retinanet.export.runtime import load_exported
 from retinanet.export.saved_model import export_saved_model
 from retinanet.export.serving import BYTES_SIGNATURE, OUTPUT_KEYS, SERVING_SIGNATURE
 
 __all__ = [
     "BYTES_SIGNATURE",
     "FORMATS",
+    "ONNX_QUANTIZATIONS",
     "OUTPUT_KEYS",
     "QUANTIZATIONS",
     "SERVING_SIGNATURE",
@@ -56,13 +64,14 @@ __all__ = [
     "export_litert",
     "export_onnx",
     "export_saved_model",
+    "load_exported",
 ]
 
 FORMATS = ("saved_model", "litert", "onnx")
 
 # What `export` writes inside `output_dir` for the single-file formats.
 _LITERT_FILENAME = "model{suffix}.tflite"
-_ONNX_FILENAME = "model.onnx"
+_ONNX_FILENAME = "model{suffix}.onnx"
 
 
 def export(
@@ -76,13 +85,14 @@ def export(
     bytes_signature=True,
     opset=DEFAULT_ONNX_OPSET,
     class_score_thresholds=None,
+    representative_data=None,
 ):
     """Exports `model` in one of `FORMATS` into `output_dir` (the CLI's entry point).
 
     - `"saved_model"`: `output_dir` becomes the SavedModel (`export_saved_model`).
     - `"litert"`: `output_dir/model.tflite`, or `model_float16.tflite` /
-      `model_dynamic_range.tflite` when quantised (`export_litert`).
-    - `"onnx"`: `output_dir/model.onnx` (`export_onnx`).
+      `model_dynamic_range.tflite` / `model_int8.tflite` when quantised (`export_litert`).
+    - `"onnx"`: `output_dir/model.onnx`, or `model_int8.onnx` (`export_onnx`).
 
     Args:
         model: a `retinanet.RetinaNet`.
@@ -90,10 +100,12 @@ def export(
         format: one of `FORMATS`.
         resize: saved_model and onnx: as in `export_saved_model`.
         input_size: litert only, required: the fixed `(height, width)` input.
-        quantization: litert only: one of `QUANTIZATIONS`.
+        quantization: litert: one of `QUANTIZATIONS`; onnx: one of `ONNX_QUANTIZATIONS`.
         bytes_signature: saved_model only: also write `serving_bytes`.
         opset: onnx only: the ONNX opset.
         class_score_thresholds: saved_model only: a score threshold per class, baked in.
+        representative_data: `quantization="int8"` only: calibration images (see
+            `export_litert`).
 
     Returns:
         The path written (the SavedModel directory or the model file), a string.
@@ -104,11 +116,15 @@ def export(
     if format not in FORMATS:
         raise ValueError(f"`format` must be one of {FORMATS}, got {format!r}.")
     # Arguments another format would need are refused rather than silently ignored.
-    if format != "litert":
-        for name, value in (("input_size", input_size), ("quantization", quantization)):
-            if value is not None:
-                raise ValueError(f"`{name}` applies to format='litert' only, got {value!r}.")
-    elif resize is not None:
+    if format != "litert" and input_size is not None:
+        raise ValueError(f"`input_size` applies to format='litert' only, got {input_size!r}.")
+    if format == "saved_model" and quantization is not None:
+        raise ValueError(
+            f"`quantization` applies to format='litert' or 'onnx' only, got {quantization!r}.")
+    if quantization != "int8" and representative_data is not None:
+        raise ValueError("`representative_data` applies to quantization='int8' only, got "
+                         f"quantization={quantization!r}.")
+    if format == "litert" and resize is not None:
         raise ValueError(
             "`resize` does not apply to format='litert' (its input has the fixed `input_size`)."
         )
@@ -120,6 +136,7 @@ def export(
         raise ValueError("`class_score_thresholds` applies to format='saved_model' only.")
 
     output_dir = os.fspath(output_dir)
+    suffix = "" if quantization is None else f"_{quantization}"
     os.makedirs(output_dir, exist_ok=True)
     if format == "saved_model":
         return export_saved_model(model, output_dir, resize, bytes_signature,
@@ -127,7 +144,7 @@ def export(
     if format == "litert":
         if input_size is None:
             raise ValueError("`input_size` (height, width) is required for format='litert'.")
-        suffix = "" if quantization is None else f"_{quantization}"
         path = os.path.join(output_dir, _LITERT_FILENAME.format(suffix=suffix))
-        return export_litert(model, path, input_size, quantization)
-    return export_onnx(model, os.path.join(output_dir, _ONNX_FILENAME), resize, opset)
+        return export_litert(model, path, input_size, quantization, representative_data)
+    return export_onnx(model, os.path.join(output_dir, _ONNX_FILENAME.format(suffix=suffix)),
+                       resize, opset, quantization, representative_data)

@@ -113,6 +113,12 @@ class DetectionPostprocessor(keras.layers.Layer):
                 count,
             )
 
+        if boxes.shape[0] == 1:
+            # A batch known to be 1 (LiteRT's fixed input) needs no loop; the LiteRT int8
+            # calibrator crashes on map_fn's While loop.
+            return {key: value[None] for key, value in zip(
+                ("boxes", "scores", "classes", "num_detections"),
+                per_image((boxes[0], scores[0], classes[0])))}
         boxes, scores, classes, counts = tf.map_fn(
             per_image,
             (boxes, scores, classes),
