@@ -1,11 +1,13 @@
 """RetinaNet object detection for TensorFlow and Keras 3.
 
 The public names load lazily (a module `__getattr__`), so `import retinanet` and
-`retinanet --help` do not import TensorFlow; `retinanet.RetinaNet` does.
+`retinanet --help` do not import TensorFlow; `retinanet.RetinaNet` does. To load a `.keras`
+file with `keras.saving.load_model`, import Keras before `retinanet`, or `retinanet.model`.
 """
 
 import importlib
 import os
+import sys
 
 # Before TensorFlow's first import: hides its C++ INFO and WARNING lines unless the user set
 # their own level (the command line then shows TensorFlow's start-up lines too).
@@ -38,3 +40,11 @@ def __getattr__(name):
 
 def __dir__():
     return sorted(set(globals()) | set(_LAZY))
+
+
+# `keras.saving.load_model` finds this package's classes only once they are registered, which
+# importing `retinanet.model` does. Where Keras (and so TensorFlow) is loaded already, that
+# costs nothing, so `import keras, retinanet` then `load_model` works; `import retinanet.model`
+# works in any order.
+if "keras" in sys.modules:
+    importlib.import_module("retinanet.model")
