@@ -14,8 +14,10 @@ $(STAMP): setup.py
 
 venv: $(STAMP)
 
+# Two workers, one test file each at a time (module fixtures are built once): most tests
+# wait on Python and TensorFlow start-up more than on the two cores.
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 # The demo trains on the CPU even where a GPU is visible (it is sized for two cores).
 demo: $(STAMP)

@@ -30,6 +30,7 @@ setup(
             "onnxruntime>=1.20",
             "ai-edge-litert>=2.3",
             "pytest>=7",
+            "pytest-xdist>=3.5",
             "hypothesis>=6.80",
             "nbclient>=0.7",
             "nbformat>=5.7",
