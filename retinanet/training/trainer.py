@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 from retinanet import _keras_compat, atomic
 from retinanet import config as rconfig
@@ -110,7 +111,7 @@ def _truncate_csv(path: str, first_epoch: int):
 
 
 def train(config, workdir: str, *, strategy: str = "default", precision: str = "float32",
-          verbose: int = 1, tpu: str = "", keep_worker_dirs: bool = False):
+          verbose: int = 1, tpu: str = "", keep_worker_dirs: bool = False, clock=None):
     """`retinanet train` as a function (the demo calls it): fit, checkpoints, final evaluation.
 
     Args:
@@ -120,11 +121,15 @@ def train(config, workdir: str, *, strategy: str = "default", precision: str = "
         verbose: Keras verbosity (0 silent, 1 progress bars, 2 one line per epoch).
         tpu: the TPU for strategy "tpu".
         keep_worker_dirs: multi-worker: keep non-chief checkpoints in workdir/workers/.
+        clock: a callable returning seconds, for `config.train.time_budget_minutes`
+            (default `time.monotonic`; tests inject their own).
 
     Returns:
         `{"model", "results", "class_names", "val_dataset", "val_data"}` on the chief (the
         model evaluated and the evaluation results); None on other workers.
     """
+    clock = clock or time.monotonic
+    started_at = clock()  # the time budget counts from here
     rconfig.validate(config)
     # Multi-worker and TPU strategies must exist before any other TensorFlow work; otherwise
     # read the data first, so a bad path fails before TensorFlow starts up its devices.
@@ -138,7 +143,7 @@ def train(config, workdir: str, *, strategy: str = "default", precision: str = "
     import keras
     import tensorflow as tf
 
-    from retinanet.training import callbacks as rcallbacks
+    from retinanet.training import budget as rbudget, callbacks as rcallbacks
     from retinanet.evaluation import EvaluationCallback, evaluate, write_report
 
     keras.mixed_precision.set_global_policy(precision)
@@ -163,8 +168,10 @@ def train(config, workdir: str, *, strategy: str = "default", precision: str = "
         run_folder.write_classes(workdir, class_names, category_ids)
 
     steps = datasets.steps_per_epoch(config, len(train_set))
-    epochs = config.train.epochs
     backup_dir = os.path.join(workdir, "backup")
+    budget = rbudget.for_run(config, steps, backup_dir, os.path.join(write_dir, "backup"),
+                             clock=clock, started_at=started_at)
+    epochs = rbudget.MAX_EPOCHS if budget else config.train.epochs
     initial_epoch = rcallbacks.ResumableBackup.saved_epoch(backup_dir)
     csv_path = os.path.join(write_dir, "training_log.csv")
     if initial_epoch:
@@ -189,6 +196,8 @@ def train(config, workdir: str, *, strategy: str = "default", precision: str = "
         model = builders.build_model(config, len(class_names),
                                     num_replicas=distribution.num_replicas_in_sync)
         builders.compile_model(model, config, steps * epochs)
+        if budget:
+            model.optimizer.learning_rate = budget.schedule  # its length is set while training
         if multi_worker:
             _keras_compat.allow_multi_worker_fit(model)
     print(f"Training {config.name}: {len(train_set)} training and {len(val_set)} validation "
@@ -196,6 +205,8 @@ def train(config, workdir: str, *, strategy: str = "default", precision: str = "
           f"{config.data.batch_size}, strategy {strategy} "
           f"({distribution.num_replicas_in_sync} replicas), precision {precision}",
           flush=True)
+    if budget:
+        print(budget.describe(), flush=True)
 
     checkpoint_dir = os.path.join(write_dir, "checkpoints")
     callbacks = []
@@ -216,6 +227,7 @@ def train(config, workdir: str, *, strategy: str = "default", precision: str = "
         rcallbacks.Checkpoints(checkpoint_dir, monitor="val_AP", mode="max"),
         keras.callbacks.CSVLogger(csv_path, append=True),
         *_tensorboard(os.path.join(write_dir, "logs")),
+        *([budget] if budget else []),
         # Last: a backup is written only once every other callback has finished the epoch.
         rcallbacks.ResumableBackup(backup_dir, write_dir=os.path.join(write_dir, "backup")),
     ]
@@ -243,11 +255,14 @@ def train(config, workdir: str, *, strategy: str = "default", precision: str = "
     last = os.path.join(checkpoint_dir, "last.keras")
     eval_model = keras.saving.load_model(last) if multi_worker else model
     print(f"Evaluating on {len(val_set)} validation images", flush=True)
+    evaluation_started = clock()
     results = evaluate(eval_model, val_data, class_names=class_names,
                        category_ids=category_ids, verbose=verbose,
                        voc_iou_threshold=config.eval.voc_iou_threshold,
                        voc_method=config.eval.voc_method)
     write_report(results, workdir, print_table=verbose > 0)
+    if budget:
+        rbudget.report(budget, workdir, evaluation_s=clock() - evaluation_started)
     summary(results, workdir)
     return {"model": eval_model, "results": results, "class_names": class_names,
             "val_dataset": val_set, "val_data": val_data}
