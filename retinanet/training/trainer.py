@@ -201,7 +201,8 @@ def train(config, workdir: str, *, strategy: str = "default", precision: str = "
         if multi_worker:
             _keras_compat.allow_multi_worker_fit(model)
     print(f"Training {config.name}: {len(train_set)} training and {len(val_set)} validation "
-          f"images, {len(class_names)} classes, {epochs} epochs of {steps} steps, global batch "
+          f"images, {len(class_names)} classes, {'as many' if budget else epochs} epochs of "
+          f"{steps} steps{' as fit the time budget' if budget else ''}, global batch "
           f"{config.data.batch_size}, strategy {strategy} "
           f"({distribution.num_replicas_in_sync} replicas), precision {precision}",
           flush=True)
