@@ -79,10 +79,12 @@ def test_planned_schedule_follows_its_length_and_serialises():
     assert schedule.total_steps == 210
     assert rate(110) == pytest.approx(1e-3 * (0.01 + 0.99 * 0.5))
     assert rate(300) == pytest.approx(1e-5)
-    schedule.set_total_steps(5)  # warm-up capped at the length minus one
-    assert rate(4) == pytest.approx(1e-3)
+    schedule.set_total_steps(20)  # warm-up capped at a quarter of the length: 5 steps
+    assert rate(2) == pytest.approx(1e-3 * (0.1 + 0.9 * 2 / 5))
+    assert rate(5) == pytest.approx(1e-3)
+    assert rate(20) == pytest.approx(1e-5)
     copy = rbudget.PlannedSchedule.from_config(schedule.get_config())
-    assert copy.total_steps == 5 and float(copy(4)) == pytest.approx(1e-3)
+    assert copy.total_steps == 20 and float(copy(2)) == pytest.approx(rate(2))
 
     step = rbudget.PlannedSchedule(1.0, 90, kind="step", boundaries=(2 / 3, 8 / 9))
     assert [float(step(s)) for s in (59, 60, 79, 80)] == pytest.approx([1, 0.1, 0.1, 0.01])

@@ -29,6 +29,9 @@ STATE_FILE = "budget.json"
 # fit() needs an epoch count; a budgeted run ends long before this many.
 MAX_EPOCHS = 1_000_000
 SCHEDULE_KINDS = ("constant", "cosine", "step")
+# A short budget must not spend its whole run warming up: warm-up is capped at this share
+# of the planned steps.
+MAX_WARMUP_SHARE = 0.25
 
 default_clock = time.monotonic
 
@@ -52,7 +55,8 @@ class PlannedSchedule(keras.optimizers.schedules.LearningRateSchedule):
         base_learning_rate: the rate after warm-up.
         total_steps: the planned length `T` (optimizer steps); `set_total_steps` changes it.
         kind: "cosine", "step" or "constant".
-        warmup_steps: the configured warm-up `w`; capped at `T - 1` as `T` changes.
+        warmup_steps: the configured warm-up `w`; capped at `MAX_WARMUP_SHARE * T` as `T`
+            changes.
         warmup_factor: `f`, the rate at step 0 as a share of the base rate.
         alpha: cosine: the final rate as a share of the base rate.
         boundaries: step: the decay points as shares of `T`.
@@ -81,10 +85,11 @@ class PlannedSchedule(keras.optimizers.schedules.LearningRateSchedule):
         return int(round(float(keras.ops.convert_to_numpy(self._total))))
 
     def set_total_steps(self, total_steps: int):
-        """Sets the schedule's length `T` (at least 1) and the warm-up `min(w, T - 1)`."""
+        """Sets the schedule's length `T` (at least 1) and the warm-up
+        `min(w, floor(MAX_WARMUP_SHARE * T))`."""
         total = max(int(total_steps), 1)
         self._total.assign(float(total))
-        self._warmup.assign(float(min(self.warmup_steps, total - 1)))
+        self._warmup.assign(float(min(self.warmup_steps, math.floor(MAX_WARMUP_SHARE * total))))
 
     def __call__(self, step):
         ops = keras.ops
