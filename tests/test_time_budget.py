@@ -118,7 +118,7 @@ def test_spent_budget_still_trains_one_step(tmp_path):
 
     train(tiny_budget_config(0.001), str(tmp_path), verbose=0, clock=TickClock())
     budget = metrics(tmp_path)["time_budget"]
-    assert budget["steps_done"] == 1
+    assert budget["steps_done"] == budget["planned_steps"] == budget["schedule_steps"] == 1
     assert budget["stopped_because"].startswith("the budget ran out")
 
 
@@ -141,6 +141,13 @@ def test_resumed_run_gets_the_time_that_remains(tmp_path):
     assert budget["training_seconds"] <= 30 + 2
     assert budget["training_seconds"] - budget["spent_before_resume_seconds"] < 30 - 5
     assert budget["steps_done"] > 10  # it continued from the second epoch's step
+    assert budget["steps_done"] == budget["planned_steps"] == budget["schedule_steps"]
+
+    # Run again: the budget is spent, so it evaluates without training.
+    train(config, str(tmp_path), verbose=0, clock=TickClock())
+    again = metrics(tmp_path)["time_budget"]
+    assert again["steps_done"] == budget["steps_done"]
+    assert again["stopped_because"] == "the resumed run had already spent its budget"
 
 
 def test_budget_is_checked(tmp_path):

@@ -175,6 +175,7 @@ class TimeBudget(keras.callbacks.Callback):
         started_at: `clock()` when `train` started.
         spent_before: seconds an interrupted run already spent (from `read_state`).
         planned_before: steps that run planned (the schedule's length until this run plans).
+        finished: the run being resumed already ended within this budget: train no more.
         state_dir: where `budget.json` is written at each epoch end (None: not written).
         warmup_batches: batches to skip before measuring (the first one traces).
         measure_batches: batches to time before the first plan.
@@ -182,8 +183,8 @@ class TimeBudget(keras.callbacks.Callback):
 
     def __init__(self, budget_s: float, steps_per_epoch: int, *, schedule=None,
                  clock=default_clock, started_at: float | None = None, spent_before: float = 0.0,
-                 planned_before: int = 0, state_dir: str | None = None, warmup_batches: int = 2,
-                 measure_batches: int = 5):
+                 planned_before: int = 0, finished: bool = False, state_dir: str | None = None,
+                 warmup_batches: int = 2, measure_batches: int = 5):
         super().__init__()
         if budget_s <= 0:
             raise ValueError(f"budget_s must be > 0, got {budget_s}")
@@ -194,19 +195,25 @@ class TimeBudget(keras.callbacks.Callback):
         self.started_at = clock() if started_at is None else float(started_at)
         self.spent_before = float(spent_before)
         self.planned_steps = int(planned_before)
+        self.finished = bool(finished)
         self.state_dir = state_dir
         self.warmup_batches = max(int(warmup_batches), 1)
         self.measure_batches = max(int(measure_batches), 1)
         self.step_s = None
         self.training_s = None
         self.steps_done = 0
-        self.stop_reason = ""
+        self.stop_reason = "the resumed run had already spent its budget" if finished else ""
         self._batches = 0
         self._timed = [0.0, 0]  # seconds and steps of the batches that count for step_s
         self._gaps = []  # seconds per epoch end beyond one step
         self._last_end = None  # (clock, step) at the last batch end
         self._first_batch = False
         self._planned = False
+        self._epochs_done = None
+
+    def epochs(self, initial_epoch: int) -> int:
+        """The `epochs` argument of `fit`: no more than done when the budget is finished."""
+        return int(initial_epoch) if self.finished else MAX_EPOCHS
 
     def elapsed(self, now: float | None = None) -> float:
         """Training seconds so far, the interrupted runs' included."""
@@ -254,16 +261,32 @@ class TimeBudget(keras.callbacks.Callback):
         now = self.clock()
         if not self.model.stop_training and self.elapsed(now) >= self.budget_s:
             self._stop("the budget ran out")
-        if self.state_dir:
-            os.makedirs(self.state_dir, exist_ok=True)
-            atomic.write_json(os.path.join(self.state_dir, STATE_FILE), {
-                "budget_seconds": self.budget_s, "spent_seconds": self.elapsed(now),
-                "epoch": epoch + 1, "step": self._step(), "planned_steps": self.planned_steps,
-                "step_seconds": self.step_s})
+        self._epochs_done = epoch + 1
+        self._write_state(now)
 
     def on_train_end(self, logs=None):
-        self.training_s = self.elapsed()
+        now = self.clock()
+        self.training_s = self.elapsed(now)
         self.steps_done = self._step()
+        if not self.planned_steps:
+            # Stopped before the step time was measured: the run's length is what it did.
+            self.planned_steps = self.steps_done
+            if self.schedule is not None:
+                self.schedule.set_total_steps(self.steps_done)
+        self._write_state(now, finished=True)
+
+    def _write_state(self, now: float, finished: bool = False):
+        if not self.state_dir:
+            return
+        path = os.path.join(self.state_dir, STATE_FILE)
+        epoch = self._epochs_done
+        if epoch is None:  # no epoch ran in this process: keep the resumed run's count
+            epoch = (atomic.read_json(path) or {}).get("epoch", 0)
+        os.makedirs(self.state_dir, exist_ok=True)
+        atomic.write_json(path, {
+            "budget_seconds": self.budget_s, "spent_seconds": self.elapsed(now),
+            "epoch": epoch, "step": self._step(), "planned_steps": self.planned_steps,
+            "step_seconds": self.step_s, "finished": finished})
 
     def _stop(self, reason: str):
         self.stop_reason = self.stop_reason or reason
@@ -297,17 +320,21 @@ def add_to_metrics(workdir: str, summary: dict):
 
 
 def for_run(config, steps_per_epoch: int, backup_dir: str, write_dir: str, *,
-            clock=default_clock, started_at: float | None = None) -> TimeBudget | None:
+            clock=default_clock, started_at: float | None = None,
+            multi_worker: bool = False) -> TimeBudget | None:
     """The `TimeBudget` of a `train` run, or None when `time_budget_minutes` is 0.
 
     A run that resumes from `backup_dir` continues the budget of the run it resumes: the
-    seconds spent and the steps planned come from its `budget.json`.
+    seconds spent and the steps planned come from its `budget.json`. Rerunning a finished
+    run trains no more, unless the budget has grown.
 
     Args:
         config: the ConfigDict.
         steps_per_epoch: steps in one epoch.
         backup_dir: the backup read on resume; write_dir: where this run writes its state.
         clock, started_at: as in `TimeBudget`.
+        multi_worker: under multi-worker training (refused: each worker would decide on
+            its own clock when to stop, and the others would wait for it).
     """
     from retinanet.training.callbacks import ResumableBackup
 
@@ -315,15 +342,22 @@ def for_run(config, steps_per_epoch: int, backup_dir: str, write_dir: str, *,
     minutes = config.train.time_budget_minutes
     if not minutes:
         return None
+    if multi_worker:
+        raise ConfigError("config.train.time_budget_minutes: not supported with "
+                          "--strategy=multi_worker_mirrored (the workers would stop at "
+                          "different steps); train by epochs there")
     state = read_state(backup_dir) if ResumableBackup.saved_epoch(backup_dir) else {}
+    spent = float(state.get("spent_seconds", 0.0))
+    finished = spent >= minutes * 60.0 or (
+        bool(state.get("finished")) and state.get("budget_seconds") == minutes * 60.0)
     planned_before = int(state.get("planned_steps") or 0)
     # Until the first plan the schedule runs as if `epochs` were the length: it is still
     # warming up then, and the warm-up is not cut short by a tiny placeholder length.
     initial = planned_before or steps_per_epoch * config.train.epochs
     return TimeBudget(minutes * 60.0, steps_per_epoch,
                       schedule=planned_schedule(config, initial), clock=clock,
-                      started_at=started_at, spent_before=float(state.get("spent_seconds", 0.0)),
-                      planned_before=planned_before, state_dir=write_dir)
+                      started_at=started_at, spent_before=spent, planned_before=planned_before,
+                      finished=finished, state_dir=write_dir)
 
 
 def report(budget: TimeBudget, workdir: str, evaluation_s: float):

@@ -169,10 +169,10 @@ def train(config, workdir: str, *, strategy: str = "default", precision: str = "
 
     steps = datasets.steps_per_epoch(config, len(train_set))
     backup_dir = os.path.join(workdir, "backup")
-    budget = rbudget.for_run(config, steps, backup_dir, os.path.join(write_dir, "backup"),
-                             clock=clock, started_at=started_at)
-    epochs = rbudget.MAX_EPOCHS if budget else config.train.epochs
     initial_epoch = rcallbacks.ResumableBackup.saved_epoch(backup_dir)
+    budget = rbudget.for_run(config, steps, backup_dir, os.path.join(write_dir, "backup"),
+                             clock=clock, started_at=started_at, multi_worker=multi_worker)
+    epochs = budget.epochs(initial_epoch) if budget else config.train.epochs
     csv_path = os.path.join(write_dir, "training_log.csv")
     if initial_epoch:
         print(f"Resuming from the backup in {backup_dir}: {initial_epoch} of {epochs} epochs "
