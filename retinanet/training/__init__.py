@@ -6,8 +6,11 @@
 - `datasets`: config to datasets, pipelines and step counts.
 - `trainer`: `train(config, workdir)`, what `retinanet train` runs.
 - `callbacks`: atomic checkpoints, the resumable backup and the non-finite-loss guard.
+- `budget`: `config.train.time_budget_minutes` (`PlannedSchedule`, `TimeBudget`).
 """
 
 from retinanet.training.schedules import WarmupStepDecay, default_optimizer, reference_optimizer
+# Registers PlannedSchedule, so checkpoints of budgeted runs load wherever a model loads.
+from retinanet.training.budget import PlannedSchedule  # noqa: E402
 
-__all__ = ["WarmupStepDecay", "default_optimizer", "reference_optimizer"]
+__all__ = ["PlannedSchedule", "WarmupStepDecay", "default_optimizer", "reference_optimizer"]
