@@ -104,7 +104,8 @@ def main(argv=None):
     with open(os.path.join(args.workdir, "metrics.json"), encoding="utf-8") as file:
         metrics = json.load(file)
     row = {"variant": args.variant, "seed": args.seed, "eval": args.evaluate_on,
-           "steps": config.train.epochs * config.train.steps_per_epoch,
+           "steps": (metrics["time_budget"]["steps_done"] if "time_budget" in metrics
+                     else config.train.epochs * config.train.steps_per_epoch),
            "AP": metrics["coco"]["AP"], "AP50": metrics["coco"]["AP50"],
            "cpu_s": round(time.process_time() - cpu), "wall_s": round(time.monotonic() - wall),
            "time_budget": metrics.get("time_budget")}

@@ -178,7 +178,7 @@ class TimeBudget(keras.callbacks.Callback):
         finished: the run being resumed already ended within this budget: train no more.
         state_dir: where `budget.json` is written at each epoch end (None: not written).
         warmup_batches: batches to skip before measuring (the first one traces).
-        measure_batches: batches to time before the first plan.
+        measure_batches: steps to time before the first plan.
     """
 
     def __init__(self, budget_s: float, steps_per_epoch: int, *, schedule=None,
