@@ -255,7 +255,8 @@ class TimeBudget(keras.callbacks.Callback):
         if self.planned_steps and step >= self.planned_steps:
             self._stop(f"reached the planned {self.planned_steps} steps")
         elif self.elapsed(now) >= self.budget_s:
-            self._stop("the budget ran out before the planned steps")
+            self._stop("the budget ran out before the planned steps" if self._planned else
+                       "the budget ran out before the step time was measured (tracing)")
 
     def on_epoch_end(self, epoch, logs=None):
         now = self.clock()
