@@ -165,6 +165,9 @@ def default_config() -> ml_collections.ConfigDict:
         steps_per_execution=1,
         eval_every_n_epochs=1,  # 0: only at the end
         deterministic=False,  # reproducible data order (also across resumes)
+        # > 0: train as many steps as fit in this many minutes (epochs is then ignored) and
+        # fit the learning-rate schedule to them; see retinanet.training.budget.
+        time_budget_minutes=0.0,
     ))
 
     config.eval = ml_collections.ConfigDict(dict(

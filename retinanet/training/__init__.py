@@ -6,9 +6,10 @@
 - `datasets`: config to datasets, pipelines and step counts.
 - `trainer`: `train(config, workdir)`, what `retinanet train` runs.
 - `callbacks`: atomic checkpoints, the resumable backup and the non-finite-loss guard.
+- `budget`: `config.train.time_budget_minutes` (`PlannedSchedule`, `TimeBudget`).
 """
 
-__all__ = ["WarmupStepDecay", "default_optimizer", "reference_optimizer"]
+__all__ = ["PlannedSchedule", "WarmupStepDecay", "default_optimizer", "reference_optimizer"]
 
 
 def __getattr__(name):

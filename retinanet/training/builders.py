@@ -184,9 +184,6 @@ def build_model(config, num_classes: int, num_replicas: int = 1):
     return retinanet
 
 
-MAX_WARMUP_SHARE = 0.1
-
-
 def build_learning_rate(config, total_steps: int):
     """A float or a `LearningRateSchedule` over `total_steps` optimiser steps.
 
@@ -194,7 +191,7 @@ def build_learning_rate(config, total_steps: int):
     """
     import keras
 
-    from retinanet.training.schedules import WarmupStepDecay
+    from retinanet.training.schedules import MAX_WARMUP_SHARE, WarmupStepDecay
 
     train = config.train
     rate = float(train.learning_rate)

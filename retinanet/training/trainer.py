@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 from retinanet import atomic
 from retinanet import config as rconfig
@@ -110,7 +111,7 @@ def _truncate_csv(path: str, first_epoch: int):
 
 
 def train(config, workdir: str, *, strategy: str = "default", precision: str = "float32",
-          verbose: int = 1, tpu: str = "", keep_worker_dirs: bool = False):
+          verbose: int = 1, tpu: str = "", keep_worker_dirs: bool = False, clock=None):
     """`retinanet train` as a function (the demo calls it): fit, checkpoints, final evaluation.
 
     Args:
@@ -120,6 +121,8 @@ def train(config, workdir: str, *, strategy: str = "default", precision: str = "
         verbose: Keras verbosity (0 silent, 1 progress bars, 2 one line per epoch).
         tpu: the TPU for strategy "tpu".
         keep_worker_dirs: multi-worker: keep non-chief checkpoints in workdir/workers/.
+        clock: a callable returning seconds, for `config.train.time_budget_minutes`
+            (default `time.monotonic`; tests inject their own).
 
     Returns:
         `{"model", "results", "class_names", "val_dataset", "val_data"}` on the chief (the
@@ -128,11 +131,14 @@ def train(config, workdir: str, *, strategy: str = "default", precision: str = "
     Raises:
         ValueError: another run holds the workdir (`retinanet.training.workdir.WorkdirLock`).
     """
+    clock = clock or time.monotonic
+    started_at = clock()  # the time budget counts from here
     lock = run_folder.WorkdirLock(workdir) if _is_chief_process(strategy) else \
         contextlib.nullcontext()
     with lock:
         return _train(config, workdir, strategy=strategy, precision=precision, verbose=verbose,
-                      tpu=tpu, keep_worker_dirs=keep_worker_dirs)
+                      tpu=tpu, keep_worker_dirs=keep_worker_dirs, clock=clock,
+                      started_at=started_at)
 
 
 def _is_chief_process(strategy: str) -> bool:
@@ -152,7 +158,7 @@ def _is_chief_process(strategy: str) -> bool:
 
 
 def _train(config, workdir: str, *, strategy: str, precision: str, verbose: int, tpu: str,
-           keep_worker_dirs: bool):
+           keep_worker_dirs: bool, clock, started_at: float):
     """The body of `train`, under the workdir lock."""
     rconfig.validate(config)
     # Multi-worker and TPU strategies must exist before any other TensorFlow work; otherwise
@@ -167,7 +173,7 @@ def _train(config, workdir: str, *, strategy: str, precision: str, verbose: int,
     import keras
     import tensorflow as tf
 
-    from retinanet.training import callbacks as rcallbacks
+    from retinanet.training import budget as rbudget, callbacks as rcallbacks
     from retinanet.evaluation import EvaluationCallback
 
     keras.mixed_precision.set_global_policy(precision)
@@ -186,9 +192,11 @@ def _train(config, workdir: str, *, strategy: str, precision: str, verbose: int,
     else:
         write_dir = tempfile.mkdtemp(prefix=f"retinanet-worker{task_id}-")
     steps = datasets.steps_per_epoch(config, len(train_set))
-    epochs = config.train.epochs
     backup_dir = os.path.join(workdir, "backup")
     initial_epoch = rcallbacks.ResumableBackup.saved_epoch(backup_dir)
+    budget = rbudget.for_run(config, steps, backup_dir, os.path.join(write_dir, "backup"),
+                             clock=clock, started_at=started_at, multi_worker=multi_worker)
+    epochs = budget.epochs(initial_epoch) if budget else config.train.epochs
     csv_path = os.path.join(write_dir, "training_log.csv")
     if initial_epoch:
         print(f"Resuming from the backup in {backup_dir}: {initial_epoch} of {epochs} epochs "
@@ -212,6 +220,8 @@ def _train(config, workdir: str, *, strategy: str, precision: str, verbose: int,
         model = builders.build_model(config, len(class_names),
                                     num_replicas=distribution.num_replicas_in_sync)
         builders.compile_model(model, config, steps * epochs)
+        if budget:
+            model.optimizer.learning_rate = budget.schedule  # its length is set while training
         if multi_worker:
             from retinanet import _keras_compat
 
@@ -224,10 +234,13 @@ def _train(config, workdir: str, *, strategy: str, precision: str, verbose: int,
         rconfig.save(config, workdir)
         run_folder.write_classes(workdir, class_names, category_ids)
     print(f"Training {config.name}: {len(train_set)} training and {len(val_set)} validation "
-          f"images, {len(class_names)} classes, {epochs} epochs of {steps} steps, global batch "
+          f"images, {len(class_names)} classes, {'as many' if budget else epochs} epochs of "
+          f"{steps} steps{' as fit the time budget' if budget else ''}, global batch "
           f"{config.data.batch_size}, strategy {strategy} "
           f"({distribution.num_replicas_in_sync} replicas), precision {precision}"
           + _clipped_note(config, train_set, val_set), flush=True)
+    if budget:
+        print(budget.describe(), flush=True)
 
     checkpoint_dir = os.path.join(write_dir, "checkpoints")
     callbacks = []
@@ -248,6 +261,7 @@ def _train(config, workdir: str, *, strategy: str, precision: str, verbose: int,
         rcallbacks.Checkpoints(checkpoint_dir, monitor="val_AP", mode="max"),
         keras.callbacks.CSVLogger(csv_path, append=True),
         *_tensorboard(os.path.join(write_dir, "logs")),
+        *([budget] if budget else []),
         # Last: a backup is written only once every other callback has finished the epoch.
         rcallbacks.ResumableBackup(backup_dir, write_dir=os.path.join(write_dir, "backup")),
     ]
@@ -275,8 +289,11 @@ def _train(config, workdir: str, *, strategy: str, precision: str, verbose: int,
     last = os.path.join(checkpoint_dir, "last.keras")
     eval_model = keras.saving.load_model(last) if multi_worker else model
     print(f"Evaluating on {len(val_set)} validation images", flush=True)
+    evaluation_started = clock()
     results = evaluate_and_report(eval_model, config, val_data, workdir, class_names,
                                   category_ids, verbose)
+    if budget:
+        rbudget.report(budget, workdir, evaluation_s=clock() - evaluation_started)
     return {"model": eval_model, "results": results, "class_names": class_names,
             "val_dataset": val_set, "val_data": val_data}
 

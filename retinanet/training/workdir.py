@@ -5,6 +5,7 @@
     checkpoints/last.keras        after every epoch (written atomically)
     checkpoints/best.keras        the best epoch by val_AP, with checkpoints/best.json
     backup/                       the resumable backup: rerun the same command to resume
+                                  (budget.json: the time budget spent, if any)
     logs/                         TensorBoard (train/ and validation/)
     training_log.csv              one row per epoch (loss, val_AP, ..., optimizer step)
     metrics.json, report.md,      the final evaluation (COCO metrics and VOC mAP), the
