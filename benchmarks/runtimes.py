@@ -46,6 +46,7 @@ for _path in (str(HERE), str(ROOT)):
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import run as peer_run  # noqa: E402  (stdlib-only at import)
+import worker as peer_worker  # noqa: E402
 
 RUNTIMES = ("keras", "saved_model", "litert-f32-t1", "litert-f32-t2", "litert-f16-t1",
             "litert-f16-t2", "litert-int8-t1", "litert-int8-t2", "onnx-f32", "onnx-int8")
@@ -213,11 +214,7 @@ def _size_mb(path):
 
 def serve(conn, role, cfg, log_path):
     """Process entry point: prepare the exports, or load one runtime and serve commands."""
-    handle = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(handle, 1)
-    os.dup2(handle, 2)
-    sys.stdout = os.fdopen(1, "w", buffering=1)
-    sys.stderr = os.fdopen(2, "w", buffering=1)
+    peer_worker.redirect_output(log_path)
     try:
         if role == "prepare":
             conn.send({"ok": True, "result": prepare(cfg["model"], cfg,
@@ -229,18 +226,7 @@ def serve(conn, role, cfg, log_path):
         traceback.print_exc()
         conn.send({"ok": False, "error": traceback.format_exc()})
         return
-    while True:
-        try:
-            message = conn.recv()
-        except EOFError:
-            return
-        if message["cmd"] == "stop":
-            return
-        try:
-            conn.send({"ok": True, "result": getattr(impl, message["cmd"])(**message["args"])})
-        except BaseException:  # noqa: BLE001
-            traceback.print_exc()
-            conn.send({"ok": False, "error": traceback.format_exc()})
+    peer_worker.serve_commands(conn, impl)
 
 
 class Proc(peer_run.Proc):

@@ -336,13 +336,35 @@ def _setup_device(cfg):
     keras.utils.set_random_seed(0)
 
 
-def main(conn, role, cfg, log_path):
-    """Process entry point: set up `role`, then serve commands until "stop"."""
+def redirect_output(log_path):
+    """Sends this process's stdout and stderr (file descriptors too) to `log_path`."""
     log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(log, 1)
     os.dup2(log, 2)
     sys.stdout = os.fdopen(1, "w", buffering=1)
     sys.stderr = os.fdopen(2, "w", buffering=1)
+
+
+def serve_commands(conn, impl):
+    """Answers `{"cmd", "args"}` messages with `impl`'s methods until "stop" or a closed pipe."""
+    while True:
+        try:
+            message = conn.recv()
+        except EOFError:
+            return
+        if message["cmd"] == "stop":
+            return
+        try:
+            result = getattr(impl, message["cmd"])(**message.get("args", {}))
+            conn.send({"ok": True, "result": result})
+        except BaseException:  # noqa: BLE001
+            traceback.print_exc()
+            conn.send({"ok": False, "error": traceback.format_exc()})
+
+
+def main(conn, role, cfg, log_path):
+    """Process entry point: set up `role`, then serve commands until "stop"."""
+    redirect_output(log_path)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         _setup_device(cfg)
@@ -357,16 +379,4 @@ def main(conn, role, cfg, log_path):
         traceback.print_exc()
         conn.send({"ok": False, "error": traceback.format_exc()})
         return
-    while True:
-        try:
-            message = conn.recv()
-        except EOFError:
-            return
-        if message["cmd"] == "stop":
-            return
-        try:
-            result = getattr(impl, message["cmd"])(**message.get("args", {}))
-            conn.send({"ok": True, "result": result})
-        except BaseException:  # noqa: BLE001
-            traceback.print_exc()
-            conn.send({"ok": False, "error": traceback.format_exc()})
+    serve_commands(conn, impl)
