@@ -72,17 +72,6 @@ def make_strategy(name: str = "default", tpu: str = ""):
     return tf.distribute.TPUStrategy(resolver)
 
 
-def _worker(strategy):
-    """(is_chief, task id) under multi-worker training; (True, 0) otherwise."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    task_type = getattr(resolver, "task_type", None)
-    task_id = getattr(resolver, "task_id", 0) or 0
-    if task_type is None or task_type == "chief":
-        return True, task_id
-    cluster = resolver.cluster_spec().as_dict() if resolver else {}
-    return (task_type == "worker" and task_id == 0 and "chief" not in cluster), task_id
-
-
 def _tensorboard(log_dir: str) -> list:
     """The TensorBoard callback, or none (with a note) where the package is missing."""
     import keras
@@ -133,7 +122,8 @@ def train(config, workdir: str, *, strategy: str = "default", precision: str = "
     """
     clock = clock or time.monotonic
     started_at = clock()  # the time budget counts from here
-    lock = run_folder.WorkdirLock(workdir) if _is_chief_process(strategy) else \
+    # The workers of one cluster are one run: only the chief takes the lock.
+    lock = run_folder.WorkdirLock(workdir) if _task(strategy)[0] else \
         contextlib.nullcontext()
     with lock:
         return _train(config, workdir, strategy=strategy, precision=precision, verbose=verbose,
@@ -141,20 +131,22 @@ def train(config, workdir: str, *, strategy: str = "default", precision: str = "
                       started_at=started_at)
 
 
-def _is_chief_process(strategy: str) -> bool:
-    """False for the non-chief workers of a multi-worker cluster (they share the chief's
-    lock), from TF_CONFIG as `_worker` reads it from the strategy."""
+def _task(strategy: str):
+    """(is_chief, task id) of this process: from TF_CONFIG (what MultiWorkerMirroredStrategy's
+    resolver reads) under multi-worker training, (True, 0) otherwise. The chief is the
+    "chief" task, or worker 0 of a cluster without one."""
     if strategy != "multi_worker_mirrored":
-        return True
+        return True, 0
     try:
         tf_config = json.loads(os.environ.get("TF_CONFIG", "{}"))
     except json.JSONDecodeError:
-        return True  # make_strategy reports a bad TF_CONFIG
+        return True, 0  # make_strategy reports a bad TF_CONFIG
     task = tf_config.get("task", {})
-    if task.get("type") == "chief":
-        return True
-    return task.get("type") == "worker" and int(task.get("index", 0)) == 0 and \
-        "chief" not in tf_config.get("cluster", {})
+    task_type, task_id = task.get("type"), int(task.get("index", 0))
+    if task_type in (None, "chief"):
+        return True, task_id
+    return (task_type == "worker" and task_id == 0 and
+            "chief" not in tf_config.get("cluster", {})), task_id
 
 
 def _train(config, workdir: str, *, strategy: str, precision: str, verbose: int, tpu: str,
@@ -183,7 +175,7 @@ def _train(config, workdir: str, *, strategy: str, precision: str, verbose: int,
 
     train_set, val_set = splits["train"], splits["val"]
     class_names, category_ids = train_set.class_names, train_set.category_ids
-    is_chief, task_id = _worker(distribution)
+    is_chief, task_id = _task(strategy)
     multi_worker = strategy == "multi_worker_mirrored"
     if is_chief:
         write_dir = workdir
