@@ -42,6 +42,13 @@ def backup_progress(callback):
     return callback._current_epoch, callback._last_batch_seen
 
 
+def moving_averages(optimizer):
+    """(variable, its moving average) pairs of an optimizer built with `use_ema=True`."""
+    return [(variable, average) for variable, average in
+            zip(optimizer._trainable_variables, optimizer._model_variables_moving_average)
+            if average is not None]
+
+
 def allow_multi_worker_fit(model):
     """Lets Keras 3's `fit` run under MultiWorkerMirroredStrategy (keras-team/keras#20585).
 

@@ -129,6 +129,7 @@ def default_config() -> ml_collections.ConfigDict:
         eval_batch_size=8,
         horizontal_flip=True,
         scale_range=(0.8, 1.25),
+        color_jitter=0.0,  # 0-1: random brightness, contrast, saturation, hue; 0 = off
         cache=False,
         shapes=ml_collections.ConfigDict(dict(
             num_train=1000,
@@ -161,6 +162,9 @@ def default_config() -> ml_collections.ConfigDict:
         focal_alpha=0.25,
         focal_gamma=2.0,
         smooth_l1_beta=1 / 9,
+        # > 0: keep an exponential moving average of the weights with this momentum (Keras'
+        # `use_ema`); evaluation, checkpoints and the final model use the average.
+        ema_momentum=0.0,
         jit_compile=False,
         steps_per_execution=1,
         eval_every_n_epochs=1,  # 0: only at the end

@@ -49,3 +49,50 @@ def test_only_a_non_finite_box_loss_is_blamed_on_the_boxes(tiny_retinanet):
     with pytest.raises(NonFiniteLossError, match="learning rate too high .*now 0.0001"):
         guard.on_train_batch_end(0, {"loss": float("nan"), "box_loss": 1.0, "cls_loss": float("nan")})
     guard.on_train_batch_end(0, {"loss": 1.0})  # finite: nothing happens
+
+
+class _WeightsAtEpochEnd(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seen.append(self.model.get_weights())
+
+
+class _WeightsAfterEachStep(_WeightsAtEpochEnd):
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen.append(self.model.get_weights())
+
+    def on_epoch_end(self, epoch, logs=None):
+        pass
+
+
+def test_swap_moving_average_shows_the_average_between_the_swaps_and_ends_with_it():
+    from retinanet.training.callbacks import SwapMovingAverage
+
+    keras.utils.set_random_seed(0)
+    momentum = 0.5
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(keras.optimizers.SGD(0.1, use_ema=True, ema_momentum=momentum), loss="mse")
+    x = np.random.default_rng(0).normal(size=(12, 3)).astype("float32")
+    y = np.random.default_rng(1).normal(size=(12, 2)).astype("float32")
+    steps, between, after = _WeightsAfterEachStep(), _WeightsAtEpochEnd(), _WeightsAtEpochEnd()
+    model.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0,
+              callbacks=[steps, SwapMovingAverage(), between, SwapMovingAverage(), after])
+
+    # Keras' average: a_1 = w_1, then a_t = m a_(t-1) + (1 - m) w_t, after each step t.
+    averages, average = [], None
+    for weights in steps.seen:
+        average = weights if average is None else [
+            momentum * a + (1 - momentum) * w for a, w in zip(average, weights)]
+        averages.append(average)
+    for epoch in range(2):
+        last_step = 3 * epoch + 2  # 3 steps per epoch
+        for seen, expected in zip(between.seen[epoch], averages[last_step]):
+            np.testing.assert_allclose(seen, expected, rtol=1e-5, atol=1e-6)
+        for seen, trained in zip(after.seen[epoch], steps.seen[last_step]):
+            np.testing.assert_allclose(seen, trained, rtol=1e-6)
+    assert not np.allclose(averages[-1][0], steps.seen[-1][0])  # the two differ
+    for final, expected in zip(model.get_weights(), averages[-1]):
+        np.testing.assert_allclose(final, expected, rtol=1e-5, atol=1e-6)

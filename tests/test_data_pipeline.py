@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 from retinanet import data
+from retinanet.data.pipeline import jitter_colors
 
 SIGNATURE = {
     "image": tf.TensorSpec([None, None, 3], tf.uint8),
@@ -259,6 +260,7 @@ def test_to_keras_cv(small_shapes):
     ({"scale_range": (1.2, 0.8)}, "scale_range needs 0 < low <= high"),
     ({"deterministic": True}, "deterministic=True needs a seed"),
     ({"max_boxes": 0}, "max_boxes must be a positive int"),
+    ({"color_jitter": 1.5}, "color_jitter must be a number in"),
     ({"batch_size": 9}, "batch_size 9 is larger than the dataset"),
 ])
 def test_invalid_pipeline_arguments_raise_naming_them(small_shapes, kwargs, message):
@@ -266,3 +268,35 @@ def test_invalid_pipeline_arguments_raise_naming_them(small_shapes, kwargs, mess
         data.pipeline(small_shapes, **kwargs)
     with pytest.raises(ValueError, match="dataset must be a DetectionDataset"):
         data.pipeline([1, 2, 3])
+
+
+def test_color_jitter_changes_colours_only(small_shapes):
+    def batches(strength):
+        return list(data.pipeline(small_shapes, "train", batch_size=4, seed=3, max_boxes=10,
+                                  deterministic=True, color_jitter=strength))
+
+    plain, jittered = batches(0.0), batches(1.0)
+    for (plain_images, plain_targets), (images, targets) in zip(plain, jittered):
+        np.testing.assert_array_equal(targets["boxes"], plain_targets["boxes"])
+        np.testing.assert_array_equal(targets["classes"], plain_targets["classes"])
+        assert images.shape == plain_images.shape
+        assert 0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 255
+        assert float(tf.reduce_max(tf.abs(images - plain_images))) > 10
+
+
+@pytest.mark.parametrize("strength", [0.25, 1.0])
+@pytest.mark.parametrize("seed", range(4))
+def test_color_jitter_keeps_a_grey_image_grey_within_the_brightness_bound(strength, seed):
+    # On a constant grey image contrast, saturation and hue change nothing, so only the
+    # brightness shift of at most 0.125 * strength of the range is left.
+    grey = tf.fill([8, 8, 3], 100.0)
+    out = jitter_colors(grey, strength, tf.constant([seed, 7], tf.int64))
+    out = out.numpy()
+    np.testing.assert_allclose(out, out[0, 0, 0], atol=1e-3)
+    assert abs(out[0, 0, 0] - 100) <= 0.125 * strength * 255 + 1e-3
+
+
+def test_color_jitter_of_a_small_strength_nearly_keeps_the_image():
+    image = tf.constant(coordinate_image(6, 9), tf.float32)
+    out = jitter_colors(image, 1e-4, tf.constant([1, 2], tf.int64))
+    np.testing.assert_allclose(out, image, atol=0.1)

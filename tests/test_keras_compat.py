@@ -64,3 +64,14 @@ def test_the_multi_worker_hooks_exist_on_models():
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     assert callable(model._maybe_symbolic_build)
     assert callable(model.train_step)
+
+
+def test_moving_averages_pairs_each_trainable_variable_with_its_average():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    optimizer = keras.optimizers.Adam(use_ema=True)
+    optimizer.build(model.trainable_variables)
+    pairs = _keras_compat.moving_averages(optimizer)
+    assert [variable.path for variable, _ in pairs] == \
+        [variable.path for variable in model.trainable_variables]
+    for variable, average in pairs:
+        assert tuple(average.shape) == tuple(variable.shape) and average is not variable

@@ -113,6 +113,30 @@ def test_budget_stops_training_evaluates_and_reports(tmp_path):
         config.train.learning_rate * config.train.cosine_alpha, rel=1e-4)
 
 
+def test_moving_average_is_the_final_model_when_the_budget_stops_the_run(tmp_path):
+    import keras
+    import numpy as np
+
+    from retinanet.training.trainer import train
+
+    config = tiny_budget_config(0.5)
+    config.train.ema_momentum = 0.9
+    out = train(config, str(tmp_path), verbose=0, clock=TickClock())
+    # The budget stopped the run before `fit`'s last epoch, the case Keras' own swap callback
+    # gets wrong: the model, the checkpoint and the evaluation hold the average, the backup
+    # the trained weights it would resume from.
+    assert metrics(tmp_path)["time_budget"]["stopped_because"]
+    final = out["model"].get_weights()
+    checkpoint = keras.saving.load_model(tmp_path / "checkpoints" / "last.keras")
+    for saved, weights in zip(checkpoint.get_weights(), final):
+        np.testing.assert_array_equal(saved, weights)
+    backup = tmp_path / "backup"
+    checkpoint.load_weights(backup / json.loads((backup / "training_metadata.json")
+                                                .read_text())["weights"])
+    trained = checkpoint.get_weights()
+    assert max(float(np.max(np.abs(t - f))) for t, f in zip(trained, final)) > 1e-4
+
+
 def test_spent_budget_still_trains_one_step(tmp_path):
     from retinanet.training.trainer import train
 

@@ -3,16 +3,19 @@
 Per image: decode, resize keeping the aspect ratio and pad bottom/right (so box coordinates
 are unchanged) with the one rule of `retinanet.preprocess` (`image_size`: None, S or
 (min_side, max_side); canvases rounded up to `size_multiple`); in training also scale
-jitter, a random crop and a random horizontal flip. Then batch, with boxes padded to
-`max_boxes` with -1 and images of different canvases padded to the batch's largest. Eval
-boxes divided by the targets' `scale` give back the original boxes exactly.
+jitter, a random crop, a random horizontal flip and optionally colour jitter. Then batch,
+with boxes padded to `max_boxes` with -1 and images of different canvases padded to the
+batch's largest. Eval boxes divided by the targets' `scale` give back the original boxes
+exactly.
 
 Training: scale *= uniform(scale_range); if the result exceeds the canvas, a random crop of
 the canvas size is taken (boxes shifted, clipped, and dropped when nothing of them is left);
 then a random horizontal flip (x1' = w - x2, x2' = w - x1 on the cropped width w); crowd
-boxes are dropped. Random numbers come from stateless ops seeded per image from
-tf.data.Dataset.random(seed), so with `seed` and `deterministic=True` the batches are
-identical run to run (and differ epoch to epoch).
+boxes are dropped; with `color_jitter` s > 0, brightness (+-0.125 s of the range), contrast
+and saturation (factors in [1 - 0.4 s, 1 + 0.4 s]) and hue (+-0.05 s) change at random, in
+that order, and the result is clipped to 0-255. Random numbers come from stateless ops seeded
+per image from tf.data.Dataset.random(seed), so with `seed` and `deterministic=True` the
+batches are identical run to run (and differ epoch to epoch).
 
 Why plain tf ops and not keras.layers.RandomFlip / RandomZoom / Resizing with bounding boxes:
 Keras' Resizing(pad_to_aspect_ratio=True) pads on both sides, which shifts boxes, where the
@@ -88,8 +91,33 @@ def eval_transform(example, image_size, max_boxes, size_multiple=DEFAULT_SIZE_MU
     return _pad_image(image, canvas, image_size, size_multiple), targets
 
 
+def jitter_colors(image, strength, seed):
+    """Random brightness, contrast, saturation and hue (in that order) of a photo.
+
+    Args:
+        image: float32 [H, W, 3], RGB 0-255.
+        strength: s in [0, 1]: brightness shifts by up to 0.125 s of the range, contrast and
+            saturation are scaled by factors in [1 - 0.4 s, 1 + 0.4 s], hue turns by up to
+            0.05 s of the circle.
+        seed: int64 [2], a stateless seed.
+
+    Returns:
+        float32 [H, W, 3], 0-255, same size.
+    """
+    if not strength:
+        return image
+    seeds = tf.random.experimental.stateless_split(seed, num=4)
+    image = image / 255.0
+    image = tf.image.stateless_random_brightness(image, 0.125 * strength, seeds[0])
+    low, high = 1.0 - 0.4 * strength, 1.0 + 0.4 * strength
+    image = tf.image.stateless_random_contrast(image, low, high, seeds[1])
+    image = tf.image.stateless_random_saturation(image, low, high, seeds[2])
+    image = tf.image.stateless_random_hue(image, 0.05 * strength, seeds[3])
+    return tf.clip_by_value(image, 0.0, 1.0) * 255.0
+
+
 def train_transform(example, random_seed, image_size, max_boxes, scale_range,
-                    horizontal_flip, size_multiple=DEFAULT_SIZE_MULTIPLE):
+                    horizontal_flip, size_multiple=DEFAULT_SIZE_MULTIPLE, color_strength=0.0):
     """One example dict -> (image float32 [Hc, Wc, 3], {"boxes", "classes"}) for training.
 
     Args:
@@ -131,6 +159,10 @@ def train_transform(example, random_seed, image_size, max_boxes, scale_range,
         flipped = tf.stack([crop_width - boxes[:, 2], boxes[:, 1],
                             crop_width - boxes[:, 0], boxes[:, 3]], axis=1)
         boxes = tf.where(flip, flipped, boxes)
+    if color_strength:
+        # Its own stream, so turning it on leaves the geometry's random numbers as they were.
+        image = jitter_colors(image, color_strength,
+                              tf.stack([random_seed, tf.constant(1, tf.int64)]))
 
     image_id = example["image_id"]
     targets = {"boxes": _pad_boxes(boxes, max_boxes, image_id, -1.0),
@@ -141,7 +173,8 @@ def train_transform(example, random_seed, image_size, max_boxes, scale_range,
 def pipeline(dataset, mode: str = "train", batch_size: int = 8, image_size=None, *,
              max_boxes: int = 100, size_multiple: int = DEFAULT_SIZE_MULTIPLE,
              horizontal_flip: bool = True,
-             scale_range=(0.8, 1.25), seed: int | None = None, deterministic: bool | None = None,
+             scale_range=(0.8, 1.25), color_jitter: float = 0.0, seed: int | None = None,
+             deterministic: bool | None = None,
              cache=False, shuffle_buffer: int | None = None,
              drop_remainder: bool | None = None) -> tf.data.Dataset:
     """Batches of (images, targets) as in docs/CONTRACTS.md.
@@ -160,6 +193,8 @@ def pipeline(dataset, mode: str = "train", batch_size: int = 8, image_size=None,
             `anchor_generator.stride_multiple` (128 for the default levels P3-P7).
         horizontal_flip: random horizontal flip in training.
         scale_range: (low, high) of the training scale jitter; (1, 1) turns it off.
+        color_jitter: strength in [0, 1] of the training colour jitter (`jitter_colors`);
+            0 turns it off.
         seed: int seeding shuffle and augmentation.
         deterministic: keep element order fixed; in training it needs a seed, and then the
             same seed gives the same batches. False lets parallel maps return elements out of
@@ -193,6 +228,10 @@ def pipeline(dataset, mode: str = "train", batch_size: int = 8, image_size=None,
         raise ValueError(f"scale_range must be (low, high), got {scale_range!r}") from None
     if not 0 < low <= high:
         raise ValueError(f"scale_range needs 0 < low <= high, got {scale_range!r}")
+    if isinstance(color_jitter, bool) or not isinstance(color_jitter, (int, float)) or \
+            not 0 <= color_jitter <= 1:
+        raise ValueError(f"color_jitter must be a number in [0, 1], got {color_jitter!r}")
+    color_strength = float(color_jitter)
     if deterministic is None:
         deterministic = mode == "eval"
     if deterministic and seed is None and mode == "train":
@@ -244,7 +283,7 @@ def pipeline(dataset, mode: str = "train", batch_size: int = 8, image_size=None,
         def transform(element, random_seed):
             example = decode_step(element) if decode_step else element
             return train_transform(example, random_seed, image_size, max_boxes, (low, high),
-                                   horizontal_flip, size_multiple)
+                                   horizontal_flip, size_multiple, color_strength)
 
         data = data.map(transform, num_parallel_calls=autotune, deterministic=deterministic)
     else:

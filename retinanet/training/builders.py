@@ -222,18 +222,22 @@ def build_optimizer(config, total_steps: int):
     from retinanet.training.schedules import reference_optimizer
 
     train = config.train
-    clipnorm = float(train.clipnorm) or None
+    if not 0 <= train.ema_momentum < 1:
+        raise ConfigError(f"config.train.ema_momentum: must be in [0, 1) (0 = off), got "
+                          f"{train.ema_momentum}")
+    options = {"clipnorm": float(train.clipnorm) or None}
+    if train.ema_momentum:
+        options.update(use_ema=True, ema_momentum=float(train.ema_momentum))
     if train.optimizer == "reference":
-        return reference_optimizer(total_steps, config.data.batch_size, clipnorm)
+        return reference_optimizer(total_steps, config.data.batch_size, **options)
     learning_rate = build_learning_rate(config, total_steps)
     if train.optimizer == "sgd":
         return keras.optimizers.SGD(learning_rate, momentum=train.momentum,
-                                    weight_decay=train.weight_decay or None, clipnorm=clipnorm)
+                                    weight_decay=train.weight_decay or None, **options)
     if train.optimizer == "adamw":
-        return keras.optimizers.AdamW(learning_rate, weight_decay=train.weight_decay,
-                                      clipnorm=clipnorm)
+        return keras.optimizers.AdamW(learning_rate, weight_decay=train.weight_decay, **options)
     return keras.optimizers.Adam(learning_rate, weight_decay=train.weight_decay or None,
-                                 clipnorm=clipnorm)
+                                 **options)
 
 
 def compile_model(model, config, total_steps: int):

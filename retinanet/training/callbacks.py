@@ -1,4 +1,5 @@
-"""Keras callbacks of `retinanet train`: atomic checkpoints, a resumable backup, a NaN guard.
+"""Keras callbacks of `retinanet train`: atomic checkpoints, a resumable backup, a NaN guard,
+the swap of the weights' moving average.
 
 Checkpoints and backups are written to a temporary name first and then renamed (`os.replace`
 is atomic on POSIX), so a run killed at any moment leaves each of them either at its previous
@@ -32,6 +33,24 @@ class StepLogger(keras.callbacks.Callback):
         logs["step"] = int(optimizer.iterations.numpy())
         rate = optimizer.learning_rate
         logs["learning_rate"] = float(keras.ops.convert_to_numpy(rate))
+
+
+class SwapMovingAverage(keras.callbacks.Callback):
+    """At each epoch end, swaps the model's weights with the optimizer's moving average.
+
+    For an optimizer with `use_ema=True`, used twice: one first in the callback list, so the
+    evaluation and the checkpoints see the average, and one just before the backup, so the
+    backup (and the next epoch) has the trained weights again. Keras' `fit` then ends by
+    copying the average into the model (`finalize_variable_values`). Keras' own
+    `SwapEMAWeights` leaves the two swapped when a run stops before its last epoch (a time
+    budget does), and backs up the swapped state.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        for variable, average in _keras_compat.moving_averages(self.model.optimizer):
+            trained = variable.numpy()
+            variable.assign(average)
+            average.assign(trained)
 
 
 class Checkpoints(keras.callbacks.Callback):

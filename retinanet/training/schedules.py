@@ -131,13 +131,14 @@ class PlannedSchedule(keras.optimizers.schedules.LearningRateSchedule):
                 "boundaries": list(self.boundaries), "decay_factor": self.decay_factor}
 
 
-def reference_optimizer(total_steps=90_000, batch_size=16, clipnorm=None):
+def reference_optimizer(total_steps=90_000, batch_size=16, clipnorm=None, **optimizer_options):
     """The paper's recipe: SGD, momentum 0.9, lr 0.01 per 16 images, weight decay 1e-4.
 
     Linear warm-up from 1/3 of the base rate over the first `min(500, total_steps // 10)`
     steps (mmdetection's RetinaNet schedule warms up 500 iterations from 1/3; the cap keeps
     short runs from spending most of their steps warming up), and a 10x decay at 2/3 and 8/9
-    of training (60k and 80k of 90k iterations).
+    of training (60k and 80k of 90k iterations). `optimizer_options` go to
+    `keras.optimizers.SGD` (`use_ema`, `ema_momentum`).
     """
     schedule = WarmupStepDecay(
         base_learning_rate=0.01 * batch_size / 16,
@@ -146,8 +147,8 @@ def reference_optimizer(total_steps=90_000, batch_size=16, clipnorm=None):
         warmup_factor=1.0 / 3.0,
     )
     return keras.optimizers.SGD(
-        learning_rate=schedule, momentum=0.9, weight_decay=1e-4, clipnorm=clipnorm
-    )
+        learning_rate=schedule, momentum=0.9, weight_decay=1e-4, clipnorm=clipnorm,
+        **optimizer_options)
 
 
 def default_optimizer(learning_rate=1e-4, clipnorm=10.0):

@@ -235,7 +235,8 @@ def _train(config, workdir: str, *, strategy: str, precision: str, verbose: int,
         print(budget.describe(), flush=True)
 
     checkpoint_dir = os.path.join(write_dir, "checkpoints")
-    callbacks = []
+    averaged = bool(config.train.ema_momentum)
+    callbacks = [rcallbacks.SwapMovingAverage()] if averaged else []
     every = config.train.eval_every_n_epochs
     if every and not multi_worker:
         # Evaluation first: the callbacks after it read val_AP from the logs.
@@ -254,6 +255,7 @@ def _train(config, workdir: str, *, strategy: str, precision: str, verbose: int,
         keras.callbacks.CSVLogger(csv_path, append=True),
         *_tensorboard(os.path.join(write_dir, "logs")),
         *([budget] if budget else []),
+        *([rcallbacks.SwapMovingAverage()] if averaged else []),  # the trained weights back
         # Last: a backup is written only once every other callback has finished the epoch.
         rcallbacks.ResumableBackup(backup_dir, write_dir=os.path.join(write_dir, "backup")),
     ]
