@@ -130,6 +130,7 @@ def default_config() -> ml_collections.ConfigDict:
         horizontal_flip=True,
         scale_range=(0.8, 1.25),
         color_jitter=0.0,  # 0-1: random brightness, contrast, saturation, hue; 0 = off
+        mosaic=0.0,  # probability that 4 training images become one 2 x 2 mosaic; 0 = off
         cache=False,
         shapes=ml_collections.ConfigDict(dict(
             num_train=1000,

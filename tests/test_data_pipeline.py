@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from retinanet import data
-from retinanet.data.pipeline import jitter_colors
+from retinanet.data.pipeline import combine_mosaic, jitter_colors
 
 SIGNATURE = {
     "image": tf.TensorSpec([None, None, 3], tf.uint8),
@@ -261,6 +261,8 @@ def test_to_keras_cv(small_shapes):
     ({"deterministic": True}, "deterministic=True needs a seed"),
     ({"max_boxes": 0}, "max_boxes must be a positive int"),
     ({"color_jitter": 1.5}, "color_jitter must be a number in"),
+    ({"mosaic": -0.1}, "mosaic must be a probability"),
+    ({"mosaic": 0.5, "image_size": (64, 128)}, "mosaic needs a fixed square canvas"),
     ({"batch_size": 9}, "batch_size 9 is larger than the dataset"),
 ])
 def test_invalid_pipeline_arguments_raise_naming_them(small_shapes, kwargs, message):
@@ -300,3 +302,43 @@ def test_color_jitter_of_a_small_strength_nearly_keeps_the_image():
     image = tf.constant(coordinate_image(6, 9), tf.float32)
     out = jitter_colors(image, 1e-4, tf.constant([1, 2], tf.int64))
     np.testing.assert_allclose(out, image, atol=0.1)
+
+
+def test_mosaic_by_hand():
+    # Image i is the constant 10 * (i + 1) with one box; S = 8, so halves are 4 x 4.
+    images = tf.stack([tf.fill([8, 8, 3], 10.0 * (i + 1)) for i in range(4)])
+    boxes = -np.ones((4, 2, 4), np.float32)
+    classes = -np.ones((4, 2), np.int32)
+    for i in range(4):
+        boxes[i, 0] = [2, 0, 6, 8]
+        classes[i, 0] = i
+    image, out_boxes, out_classes = combine_mosaic(images, boxes, classes, max_boxes=5)
+    image = image.numpy()
+    assert image.shape == (8, 8, 3)
+    for i, (rows, cols) in enumerate([(slice(0, 4), slice(0, 4)), (slice(0, 4), slice(4, 8)),
+                                       (slice(4, 8), slice(0, 4)), (slice(4, 8), slice(4, 8))]):
+        np.testing.assert_allclose(image[rows, cols], 10.0 * (i + 1))
+    np.testing.assert_allclose(out_boxes.numpy()[:4], [[1, 0, 3, 4], [5, 0, 7, 4],
+                                                       [1, 4, 3, 8], [5, 4, 7, 8]])
+    np.testing.assert_array_equal(out_boxes.numpy()[4], -1)
+    np.testing.assert_array_equal(out_classes.numpy(), [0, 1, 2, 3, -1])
+
+
+def test_mosaic_with_more_boxes_than_max_boxes_fails_naming_it():
+    images = tf.zeros([4, 8, 8, 3])
+    boxes = np.tile(np.array([0, 0, 4, 4], np.float32), (4, 2, 1))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="raise max_boxes"):
+        combine_mosaic(images, boxes, np.zeros((4, 2), np.int32), max_boxes=7)
+
+
+@pytest.mark.parametrize("probability, expected", [(1.0, 2), (0.0, 8)])
+def test_mosaic_probability_sets_how_many_images_come_out(small_shapes, probability, expected):
+    # 8 images in 2 groups of 4: every group a mosaic (2 images) or none (8 images).
+    batches = list(data.pipeline(small_shapes, "train", batch_size=1, image_size=128, seed=0,
+                                 max_boxes=24, mosaic=probability))
+    assert len(batches) == expected
+    for images, targets in batches:
+        assert images.shape == (1, 128, 128, 3)
+        valid = targets["classes"].numpy() >= 0
+        assert (targets["boxes"].numpy()[valid] >= 0).all()
+        assert (targets["boxes"].numpy()[valid] <= 128).all()

@@ -13,9 +13,11 @@ the canvas size is taken (boxes shifted, clipped, and dropped when nothing of th
 then a random horizontal flip (x1' = w - x2, x2' = w - x1 on the cropped width w); crowd
 boxes are dropped; with `color_jitter` s > 0, brightness (+-0.125 s of the range), contrast
 and saturation (factors in [1 - 0.4 s, 1 + 0.4 s]) and hue (+-0.05 s) change at random, in
-that order, and the result is clipped to 0-255. Random numbers come from stateless ops seeded
-per image from tf.data.Dataset.random(seed), so with `seed` and `deterministic=True` the
-batches are identical run to run (and differ epoch to epoch).
+that order, and the result is clipped to 0-255; with `mosaic` p > 0, each group of four
+consecutive augmented images becomes, with probability p, one image of their four halves
+(`combine_mosaic`). Random numbers come from stateless ops seeded per image from
+tf.data.Dataset.random(seed), so with `seed` and `deterministic=True` the batches are
+identical run to run (and differ epoch to epoch).
 
 Why plain tf ops and not keras.layers.RandomFlip / RandomZoom / Resizing with bounding boxes:
 Keras' Resizing(pad_to_aspect_ratio=True) pads on both sides, which shifts boxes, where the
@@ -116,6 +118,60 @@ def jitter_colors(image, strength, seed):
     return tf.clip_by_value(image, 0.0, 1.0) * 255.0
 
 
+def combine_mosaic(images, boxes, classes, max_boxes):
+    """Four training images -> one: each halved and put in a quadrant of the canvas.
+
+    Image i goes to quadrant (row, column) = divmod(i, 2); its boxes become
+    `box / 2 + (column, row, column, row) * S / 2`.
+
+    Args:
+        images: float32 [4, S, S, 3], S even.
+        boxes: float32 [4, M, 4] xyxy pixels, padded with -1.
+        classes: int32 [4, M], padded with -1.
+        max_boxes: M' of the result; more boxes than that in the four images is an error
+            naming `max_boxes`.
+
+    Returns:
+        (image float32 [S, S, 3], boxes float32 [M', 4] padded with -1, classes int32 [M']).
+    """
+    halves = tf.nn.avg_pool2d(images, ksize=2, strides=2, padding="VALID")  # [4, S/2, S/2, 3]
+    image = tf.concat([tf.concat([halves[0], halves[1]], axis=1),
+                       tf.concat([halves[2], halves[3]], axis=1)], axis=0)
+    half = tf.cast(tf.shape(halves)[1], tf.float32)
+    offsets = tf.constant([[0, 0, 0, 0], [1, 0, 1, 0], [0, 1, 0, 1], [1, 1, 1, 1]],
+                          tf.float32) * half
+    valid = classes >= 0
+    moved = tf.boolean_mask(boxes / 2 + offsets[:, None, :], valid)
+    kept_classes = tf.boolean_mask(classes, valid)
+    image_id = tf.constant("a mosaic of 4 training images (config.data.mosaic)")
+    return (image, _pad_boxes(moved, max_boxes, image_id, -1.0),
+            _pad_boxes(kept_classes, max_boxes, image_id, -1))
+
+
+def _mosaic_groups(data, probability, seed, max_boxes):
+    """Groups of 4 training examples -> a mosaic with `probability`, else the 4 unchanged."""
+    groups = data.batch(4, drop_remainder=True)
+    randoms = tf.data.Dataset.random(seed=None if seed is None else seed + 1,
+                                     rerandomize_each_iteration=True)
+
+    def choose(group, random_seed):
+        images, targets = group
+        combine = tf.random.stateless_uniform(
+            [], tf.stack([random_seed, tf.constant(2, tf.int64)])) < probability
+
+        def combined():
+            image, boxes, classes = combine_mosaic(images, targets["boxes"], targets["classes"],
+                                           max_boxes)
+            return image[None], boxes[None], classes[None]
+
+        images, boxes, classes = tf.cond(
+            combine, combined, lambda: (images, targets["boxes"], targets["classes"]))
+        return tf.data.Dataset.from_tensor_slices((images, {"boxes": boxes,
+                                                            "classes": classes}))
+
+    return tf.data.Dataset.zip((groups, randoms)).flat_map(choose)
+
+
 def train_transform(example, random_seed, image_size, max_boxes, scale_range,
                     horizontal_flip, size_multiple=DEFAULT_SIZE_MULTIPLE, color_strength=0.0):
     """One example dict -> (image float32 [Hc, Wc, 3], {"boxes", "classes"}) for training.
@@ -173,7 +229,8 @@ def train_transform(example, random_seed, image_size, max_boxes, scale_range,
 def pipeline(dataset, mode: str = "train", batch_size: int = 8, image_size=None, *,
              max_boxes: int = 100, size_multiple: int = DEFAULT_SIZE_MULTIPLE,
              horizontal_flip: bool = True,
-             scale_range=(0.8, 1.25), color_jitter: float = 0.0, seed: int | None = None,
+             scale_range=(0.8, 1.25), color_jitter: float = 0.0, mosaic: float = 0.0,
+             seed: int | None = None,
              deterministic: bool | None = None,
              cache=False, shuffle_buffer: int | None = None,
              drop_remainder: bool | None = None) -> tf.data.Dataset:
@@ -195,6 +252,8 @@ def pipeline(dataset, mode: str = "train", batch_size: int = 8, image_size=None,
         scale_range: (low, high) of the training scale jitter; (1, 1) turns it off.
         color_jitter: strength in [0, 1] of the training colour jitter (`jitter_colors`);
             0 turns it off.
+        mosaic: in training, the probability that a group of 4 consecutive (shuffled,
+            augmented) images becomes one mosaic (`combine_mosaic`); needs an int image_size.
         seed: int seeding shuffle and augmentation.
         deterministic: keep element order fixed; in training it needs a seed, and then the
             same seed gives the same batches. False lets parallel maps return elements out of
@@ -232,6 +291,12 @@ def pipeline(dataset, mode: str = "train", batch_size: int = 8, image_size=None,
             not 0 <= color_jitter <= 1:
         raise ValueError(f"color_jitter must be a number in [0, 1], got {color_jitter!r}")
     color_strength = float(color_jitter)
+    if isinstance(mosaic, bool) or not isinstance(mosaic, (int, float)) or \
+            not 0 <= mosaic <= 1:
+        raise ValueError(f"mosaic must be a probability in [0, 1], got {mosaic!r}")
+    if mosaic and not isinstance(image_size, int):
+        raise ValueError(f"mosaic needs a fixed square canvas (an int image_size), got "
+                         f"image_size={image_size!r}")
     if deterministic is None:
         deterministic = mode == "eval"
     if deterministic and seed is None and mode == "train":
@@ -253,6 +318,8 @@ def pipeline(dataset, mode: str = "train", batch_size: int = 8, image_size=None,
                          f"{type(dataset).__name__}")
     if drop_remainder is None:
         drop_remainder = mode == "train"
+    if mosaic and 0 <= length < 4:
+        raise ValueError(f"mosaic needs at least 4 training images, the dataset has {length}")
     if drop_remainder and 0 <= length < batch_size:
         raise ValueError(f"batch_size {batch_size} is larger than the dataset ({length} "
                          "images) and drop_remainder is on: no batch would come out")
@@ -286,6 +353,8 @@ def pipeline(dataset, mode: str = "train", batch_size: int = 8, image_size=None,
                                    horizontal_flip, size_multiple, color_strength)
 
         data = data.map(transform, num_parallel_calls=autotune, deterministic=deterministic)
+        if mosaic:
+            data = _mosaic_groups(data, float(mosaic), seed, max_boxes)
     else:
         def transform(*element):
             return eval_transform(decode_element(*element), image_size, max_boxes,

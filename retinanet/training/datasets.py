@@ -123,7 +123,8 @@ def train_pipeline(config, dataset, seed=None):
                         image_size=image_size(config), max_boxes=d.max_boxes,
                         size_multiple=build_anchor_generator(config).stride_multiple,
                         horizontal_flip=d.horizontal_flip, scale_range=tuple(d.scale_range),
-                        color_jitter=d.color_jitter, seed=config.seed if seed is None else seed,
+                        color_jitter=d.color_jitter, mosaic=d.mosaic,
+                        seed=config.seed if seed is None else seed,
                         deterministic=bool(config.train.deterministic), cache=d.cache)
     return data.repeat()
 
