@@ -99,13 +99,20 @@ def configure(variants, steps, seed, evaluate_on, budget_minutes, val_fraction=0
 
 
 class _KerasCVDetections:
-    """keras-cv's RetinaNet behind the evaluator's `predict_on_batch` (docs/CONTRACTS.md)."""
+    """keras-cv's RetinaNet behind the evaluator's `predict_on_batch` (docs/CONTRACTS.md).
+
+    Its own `predict_on_batch` fails under Keras 3.15: its `predict_step` takes the `(x,)`
+    tuple Keras now passes for the images and asks it for their shape.
+    """
 
     def __init__(self, model):
-        self.model = model
+        import tensorflow as tf
+
+        self._detect = tf.function(
+            lambda images: model.decode_predictions(model(images, training=False), images))
 
     def predict_on_batch(self, images):
-        out = self.model.predict_on_batch(images)
+        out = self._detect(images)
         return {"boxes": out["boxes"], "scores": out["confidence"],
                 "classes": out["classes"], "num_detections": out["num_detections"]}
 
@@ -116,6 +123,7 @@ def train_keras_cv(config, workdir, clock):
     import keras_cv
     import tensorflow as tf
 
+    from retinanet.atomic import write_json
     from retinanet.evaluation import evaluate
     from retinanet.training import budget as rbudget
     from retinanet.training import datasets
@@ -151,8 +159,7 @@ def train_keras_cv(config, workdir, clock):
     os.makedirs(workdir, exist_ok=True)
     metrics = {"coco": results["coco"], "voc": results["voc"],
                "time_budget": budget.summary(evaluation_s=clock() - evaluation_started)}
-    with open(os.path.join(workdir, "metrics.json"), "w", encoding="utf-8") as file:
-        json.dump(metrics, file, indent=2, default=float)
+    write_json(os.path.join(workdir, "metrics.json"), metrics)
     return metrics
 
 
