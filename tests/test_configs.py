@@ -178,3 +178,19 @@ def test_the_demo_finds_its_config_from_the_package():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             cwd="/", timeout=600)
     assert result.stdout.strip() == "True", result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("size, max_level, expected", [
+    (320, 7, "image_size 320 is padded to a 384 x 384 canvas (a multiple of 128"),
+    (384, 7, ""),
+    (320, 6, ""),  # a multiple of 64
+    (0, 7, ""),  # min_side / max_side
+])
+def test_the_header_says_when_image_size_pays_for_padding(size, max_level, expected):
+    from retinanet.training.trainer import padding_note
+
+    config = load("scratch_cpu")
+    config.data.image_size = size
+    config.model.anchors.max_level = max_level
+    note = padding_note(config)
+    assert (expected in note) if expected else note == ""

@@ -185,3 +185,4 @@ def test_budget_is_checked(tmp_path):
     config.train.optimizer = "reference"
     with pytest.raises(ConfigError, match="reference"):
         train(config, str(tmp_path), verbose=0)
+
