@@ -1,7 +1,8 @@
 """The ablation of `configs/scratch_cpu.py` on the raccoon photos (docs/LEARNING.md).
 
 Each run trains the recipe with one change (`--variant`) for a fixed number of optimizer
-steps (not minutes, so the machine's load cannot change the result) and evaluates it; tuning
+steps (not minutes, so the machine's load cannot change the result) or to a budget (below)
+and evaluates it; tuning
 runs evaluate on a split held out of raccoon's train (`--eval=val`, `--val_fraction`), the
 final runs on the 40 test images (`--eval=test`). It prints one JSON line and leaves the
 workdir (metrics.json with COCO AP and AP50).
@@ -52,7 +53,7 @@ VARIANTS = {
     "ema": [("train.ema_momentum", 0.99)],
     "color": [("data.color_jitter", 0.5)],
     "mosaic": [("data.mosaic", 0.5)],
-    "size_384": [("data.image_size", 384)],
+    "size_320": [("data.image_size", 320)],  # the recipe before this ablation
     "box_weight_2": [("train.box_loss_weight", 2.0)],
     "wide": [("model.simple_widths", (24, 48, 96, 144, 192)), ("model.fpn_filters", 96),
              ("model.head_filters", 96)],
@@ -197,7 +198,7 @@ def main(argv=None):
         with open(os.path.join(args.workdir, "metrics.json"), encoding="utf-8") as file:
             metrics = json.load(file)
     row = {"system": args.system, "variant": args.variant, "seed": args.seed,
-           "eval": args.evaluate_on,
+           "eval": args.evaluate_on, "image_size": config.data.image_size,
            "steps": (metrics["time_budget"]["steps_done"] if "time_budget" in metrics
                      else config.train.epochs * config.train.steps_per_epoch),
            "AP": metrics["coco"]["AP"], "AP50": metrics["coco"]["AP50"],
