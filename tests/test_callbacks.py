@@ -4,7 +4,8 @@ import pytest
 import tensorflow as tf
 from conftest import make_squares
 
-from retinanet.training.callbacks import NonFiniteLossError, NonFiniteLossGuard
+from retinanet.training.callbacks import (NonFiniteLossError, NonFiniteLossGuard,
+                                          SwapMovingAverage)
 
 
 def _dataset(boxes_transform=None, num_images=4):
@@ -69,8 +70,6 @@ class _WeightsAfterEachStep(_WeightsAtEpochEnd):
 
 
 def test_swap_moving_average_shows_the_average_between_the_swaps_and_ends_with_it():
-    from retinanet.training.callbacks import SwapMovingAverage
-
     keras.utils.set_random_seed(0)
     momentum = 0.5
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])

@@ -160,8 +160,8 @@ def _mosaic_groups(data, probability, seed, max_boxes):
             [], tf.stack([random_seed, tf.constant(2, tf.int64)])) < probability
 
         def combined():
-            image, boxes, classes = combine_mosaic(images, targets["boxes"], targets["classes"],
-                                           max_boxes)
+            image, boxes, classes = combine_mosaic(images, targets["boxes"],
+                                                   targets["classes"], max_boxes)
             return image[None], boxes[None], classes[None]
 
         images, boxes, classes = tf.cond(
