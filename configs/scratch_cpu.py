@@ -30,7 +30,7 @@ weights (train.ema_momentum), mosaic (data.mosaic) and XLA did not help on the r
 at this budget (docs/LEARNING.md); they stay off here.
 
 On the raccoon photos (160 training images, 40 test images, an idle 2-core machine) this
-recipe reached COCO AP @@MEDIAN_AP@@, AP50 @@MEDIAN_AP50@@ in 16 minutes (median of two seeds);
+recipe reached COCO AP 0.438, AP50 0.885 in 16 minutes (median of two seeds);
 keras-cv's RetinaNet (ResNet18-shaped) reached 0.198 / 0.468 in the same CPU time
 (docs/LEARNING.md).
 """
