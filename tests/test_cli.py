@@ -232,7 +232,10 @@ def test_bad_input_gives_one_line_error(args, expected, tmp_path):
 # like READY_FILE with the suffix .release), so the moment of the kill is fixed however fast
 # the machine trains.
 HOLD_AFTER_BACKUP = """
-import pathlib, sys, time
+import pathlib, signal, sys, time
+# Ctrl-C raises KeyboardInterrupt, as in a terminal, even where the test runner's process
+# handed down an ignored SIGINT (then Python keeps it ignored).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 hold_epoch, ready_file = int(sys.argv[1]), pathlib.Path(sys.argv[2])
 release_file = ready_file.with_suffix(".release")
 from retinanet.training.callbacks import ResumableBackup
