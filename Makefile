@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: test demo bench venv clean
 
-$(STAMP): setup.py
+$(STAMP): setup.py pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[test]"

@@ -1,10 +1,10 @@
 """Template: fine-tune torchvision's COCO RetinaNet (a keras-hub preset) on your own data.
 
     pip install 'retinanet[pretrained]'        # keras-hub, for the preset
-    retinanet train --config=configs/finetune_coco.py --workdir=runs/mine \
+    retinanet train --config=finetune_coco --workdir=runs/mine \
         --config.data.format=voc --config.data.train=PATH --config.data.val=PATH
 
-Pick the format and paths as in configs/custom.py; keep the rest. The first run downloads the
+Pick the format and paths as for `custom`; keep the rest. The first run downloads the
 preset from Kaggle through keras-hub (which caches it); offline, point
 `--config.model.init_from` at a preset directory (a copy of keras-hub's cache entry, or one
 written by `save_to_preset`) or at a `.keras` file.
@@ -35,6 +35,7 @@ AP against v1's 36.4, at about the same cost).
 """
 
 from retinanet.config import default_config
+from retinanet.configs.common import data, schedules
 
 
 def get_config():
@@ -44,24 +45,15 @@ def get_config():
     config.model.init_from = "retinanet_resnet50_fpn_coco"
     config.model.frozen_batchnorm = True
     config.model.frozen_early_stages = True
-    config.model.postprocess.score_threshold = 0.05  # torchvision's score_thresh
-    config.model.postprocess.iou_threshold = 0.5  # torchvision's nms_thresh
+    # The default decoding is torchvision's: score_thresh 0.05, nms_thresh 0.5.
 
-    config.data.format = "voc"  # coco, voc, yolo, csv or tfds
-    config.data.train = ""  # required
-    config.data.val = ""
-    config.data.image_size = 0  # torchvision's resize: short side 800, long side <= 1333
-    config.data.min_side = 800
-    config.data.max_side = 1333
-    config.data.scale_range = (1.0, 1.0)
-    config.data.horizontal_flip = True
+    data.own_data(config)
+    data.short_side_resize(config, min_side=800, max_side=1333)
+    config.data.scale_range = (1.0, 1.0)  # torchvision's recipe: flips only
     config.data.batch_size = 8
     config.data.eval_batch_size = 4
 
+    schedules.adam_cosine(config, learning_rate=1e-4, warmup_steps=100)
     config.train.epochs = 12
-    config.train.optimizer = "adam"
-    config.train.learning_rate = 1e-4
-    config.train.schedule = "cosine"
-    config.train.warmup_steps = 100
     config.train.eval_every_n_epochs = 3
     return config

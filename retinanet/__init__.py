@@ -6,6 +6,7 @@ file with `keras.saving.load_model`, import Keras before `retinanet`, or `retina
 """
 
 import importlib
+import importlib.metadata
 import os
 import sys
 
@@ -14,7 +15,10 @@ import sys
 USER_TF_LOG_LEVEL = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-__version__ = "0.1.0"
+try:  # one version: the installed distribution's (pyproject.toml)
+    __version__ = importlib.metadata.version("retinanet")
+except importlib.metadata.PackageNotFoundError:  # a source tree on sys.path, not installed
+    __version__ = "0+unknown"
 
 _LAZY = {
     "AnchorGenerator": ("retinanet.anchors", "AnchorGenerator"),

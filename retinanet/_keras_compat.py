@@ -1,7 +1,7 @@
 """Every use of Keras internals in the package, in one place.
 
 Each function here relies on something Keras does not document as public. They are tested
-against the Keras versions setup.py allows (tests/test_keras_compat.py), so an internal that
+against the Keras versions pyproject.toml allows (tests/test_keras_compat.py), so an internal that
 moves fails one named test rather than training somewhere deep.
 """
 

@@ -231,6 +231,44 @@ def to_dict(config) -> dict:
     return json.loads(config.to_json())
 
 
+def recipes() -> dict:
+    """The shipped recipes (`retinanet.configs`): name -> the first line of its docstring."""
+    import ast
+    import importlib.resources
+
+    summaries = {}
+    for entry in sorted(importlib.resources.files("retinanet.configs").iterdir(),
+                        key=lambda entry: entry.name):
+        name, suffix = os.path.splitext(entry.name)
+        if suffix == ".py" and not name.startswith("_"):
+            docstring = ast.get_docstring(ast.parse(entry.read_text(encoding="utf-8"))) or ""
+            summaries[name] = (docstring.strip().splitlines() or [""])[0]
+    return summaries
+
+
+def resolve_config_file(value: str) -> str:
+    """`--config`'s value as a file path: a recipe's name, or a path taken as it is.
+
+    A value with a path separator or ending in `.py` is a path (`./shapes.py`,
+    `configs/shapes.py`), so a stray file in the working directory can't take a recipe's
+    name; any other value names a shipped recipe (`scratch_cpu`). An argument for
+    `get_config` may follow a colon (`NAME:ARG`), as absl's config flags allow.
+
+    Raises:
+        ConfigError: an unknown recipe name; the message lists the known ones.
+    """
+    head, colon, argument = value.partition(":")
+    if "/" in head or os.sep in head or head.endswith(".py") or not head:
+        return value
+    known = recipes()
+    if head not in known:
+        raise ConfigError(f"--config={value}: no recipe named {head!r} (recipes: "
+                          f"{', '.join(known)}); give a file as a path, e.g. ./{head}.py")
+    import importlib.resources
+
+    return str(importlib.resources.files("retinanet.configs") / f"{head}.py") + colon + argument
+
+
 def save(config, directory: str):
     """Writes `config.json` and `config.py` (loadable with `--config=`) into directory."""
     os.makedirs(directory, exist_ok=True)
@@ -280,9 +318,6 @@ def validate(config):
         raise ConfigError(f"{field}: {error}") from None
     if not 0.0 <= data.val_fraction < 1.0:
         raise ConfigError(f"config.data.val_fraction: must be in [0, 1), got {data.val_fraction}")
-    from retinanet.model.backbone import BACKBONES
-
-    check_choice("config.model.backbone", config.model.backbone, (*sorted(BACKBONES), "simple"))
 
 
 def image_size(config):

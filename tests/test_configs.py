@@ -11,24 +11,42 @@ from retinanet import config as rconfig
 from retinanet.training import builders, datasets
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
-CONFIG_FILES = sorted(CONFIG_DIR.glob("*.py"))
+RECIPES = ("custom", "finetune_coco", "retinanet_r50_coco", "retinanet_r50_voc", "scratch_cpu",
+           "shapes", "tiny")
 
 
 def load(name):
-    spec = importlib.util.spec_from_file_location(f"config_{name}", CONFIG_DIR / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"config_{name}",
+                                                  rconfig.resolve_config_file(name))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config()
 
 
-def test_the_required_configs_exist():
-    names = {path.stem for path in CONFIG_FILES}
-    assert {"shapes", "retinanet_r50_coco", "retinanet_r50_voc", "custom", "tiny"} <= names
+def test_every_file_in_configs_is_a_listed_recipe():
+    files = {path.stem for path in CONFIG_DIR.glob("*.py")} - {"__init__"}
+    assert set(rconfig.recipes()) == files == set(RECIPES)
+    assert all(summary.endswith(".") for summary in rconfig.recipes().values())
 
 
-@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.stem)
-def test_every_config_follows_the_schema(path):
-    config = load(path.stem)
+def test_a_recipe_name_resolves_to_the_packaged_file_and_a_path_stays_a_path(tmp_path,
+                                                                             monkeypatch):
+    assert pathlib.Path(rconfig.resolve_config_file("shapes")).samefile(CONFIG_DIR / "shapes.py")
+    assert rconfig.resolve_config_file("shapes:arg").endswith("shapes.py:arg")
+    # A stray shapes.py in the working directory does not take the recipe's name...
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "shapes.py").write_text("raise SystemExit('hijacked')\n")
+    assert pathlib.Path(rconfig.resolve_config_file("shapes")).samefile(CONFIG_DIR / "shapes.py")
+    # ... it is taken only when given as a path.
+    for path in ("./shapes.py", "shapes.py", str(tmp_path / "shapes.py")):
+        assert rconfig.resolve_config_file(path) == path
+    with pytest.raises(rconfig.ConfigError, match=r"no recipe named 'shapez'.*scratch_cpu"):
+        rconfig.resolve_config_file("shapez")
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_every_config_follows_the_schema(name):
+    config = load(name)
     rconfig.validate(config)
     # A JSON round trip (what config.json holds) gives the same config back.
     again = rconfig.from_dict(json.loads(config.to_json()))
@@ -66,7 +84,6 @@ def test_unknown_field_names_it(tmp_path):
     ("data.format", "pascal", "config.data.format: unknown format 'pascal'"),
     ("train.optimizer", "lion", "config.train.optimizer"),
     ("train.schedule", "poly", "config.train.schedule"),
-    ("model.backbone", "resnet5", "config.model.backbone: unknown backbone 'resnet5'"),
     ("data.val_fraction", 1.5, "config.data.val_fraction"),
 ])
 def test_validate_names_the_field(field, value, message):
@@ -75,6 +92,15 @@ def test_validate_names_the_field(field, value, message):
     config[section][name] = value
     with pytest.raises(rconfig.ConfigError, match=message.replace(".", r"\.")):
         rconfig.validate(config)
+
+
+def test_an_unknown_backbone_is_named_when_the_model_is_built():
+    config = load("tiny")
+    config.model.backbone = "resnet5"
+    rconfig.validate(config)  # the schema knows no backbones: the model layer does
+    with pytest.raises(rconfig.ConfigError,
+                       match=r"config\.model\.backbone: unknown backbone 'resnet5'"):
+        builders.build_model(config, num_classes=2)
 
 
 def test_save_writes_a_loadable_config_py(tmp_path):

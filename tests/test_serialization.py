@@ -17,7 +17,7 @@ from retinanet.model.fpn import FeaturePyramid
 from retinanet.model.heads import RetinaNetHead
 from retinanet.model.postprocess import DetectionPostprocessor
 from retinanet.model.torchvision_resnet import TorchvisionNormalization
-from retinanet.training.schedules import WarmupStepDecay
+from retinanet.schedules import WarmupStepDecay
 
 
 def round_trip(obj):

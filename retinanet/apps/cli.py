@@ -1,13 +1,18 @@
-"""The `retinanet` command line (an absl app): train, evaluate, predict, export, debug-anchors.
+"""The `retinanet` command line (an absl app): train, evaluate, predict, export, doctor...
 
-    retinanet train --config=configs/shapes.py --workdir=runs/shapes [--config.train.epochs=3]
+    retinanet train --config=shapes --workdir=runs/shapes [--config.train.epochs=3]
     retinanet evaluate --workdir=runs/shapes [--split=val|train] [--checkpoint=best|last|PATH]
     retinanet predict --workdir=runs/shapes --images=FILE_OR_DIR --output=DIR
     retinanet predict --checkpoint=retinanet_resnet50_fpn_coco --images=... --output=DIR
     retinanet export --workdir=runs/shapes --output=DIR [--format=saved_model|litert|onnx]
-    retinanet debug-anchors --config=configs/shapes.py [--output=DIR] [--split=train]
-    retinanet doctor --config=configs/shapes.py [--output=DIR] [--split=train] [--fit_anchors]
-    retinanet config --config=configs/shapes.py [--config.train.epochs=3]
+    retinanet debug-anchors --config=shapes [--output=DIR] [--split=train]
+    retinanet doctor --config=shapes [--output=DIR] [--split=train] [--fit_anchors]
+    retinanet config --config=shapes [--config.train.epochs=3]
+    retinanet config --list
+    retinanet --version
+
+`--config` takes a shipped recipe's name (`retinanet config --list`) or a config file's path
+(`./mine.py`, anything with a `/` or ending in `.py`).
 
 `retinanet.training.workdir` lists what a training run's workdir holds.
 
@@ -44,7 +49,7 @@ COMMAND_FLAGS = {
                "checkpoint", "debug"),
     "debug-anchors": ("config", "workdir", "split", "output", "num_images", "verbose", "debug"),
     "doctor": ("config", "workdir", "split", "output", "fit_anchors", "verbose", "debug"),
-    "config": ("config", "workdir", "debug"),
+    "config": ("config", "workdir", "list", "debug"),
 }
 # Python spellings in library messages, as the command line spells them.
 CLI_SPELLINGS = {
@@ -57,8 +62,9 @@ EXIT_USAGE = 2
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
-    "config", None, "Config file (configs/*.py with get_config()); override any field with "
-    "--config.<section>.<field>=VALUE. evaluate/predict/export default to WORKDIR/config.json.",
+    "config", None, "A recipe's name (`retinanet config --list`) or a config file's path (a .py "
+    "with get_config()); override any field with --config.<section>.<field>=VALUE. "
+    "evaluate/predict/export default to WORKDIR/config.json.",
     lock_config=True)
 flags.DEFINE_string("workdir", None, "Training run folder (checkpoints, logs, config, metrics).")
 flags.DEFINE_enum("strategy", "default", STRATEGIES, "tf.distribute strategy for training.")
@@ -93,6 +99,7 @@ flags.DEFINE_integer("verbose", 1, "Progress output: 0 silent, 1 progress bars, 
 flags.DEFINE_bool("keep_worker_dirs", False,
                   "multi-worker: keep non-chief workers' checkpoints in WORKDIR/workers/ "
                   "(default: temporary folders, removed at the end).")
+flags.DEFINE_bool("list", False, "config: list the shipped recipes, one line each.")
 flags.DEFINE_bool("debug", False, "Show tracebacks instead of one-line errors.")
 
 
@@ -184,7 +191,28 @@ def _main(command, argv):
         _fail(command, error.message.strip().split("\n")[0])
 
 
+def _resolve_config_flag(command, argv):
+    """`argv` with `--config=NAME` (or `--config NAME`) as the recipe's file path."""
+    from retinanet.config import ConfigError, resolve_config_file
+
+    argv = list(argv)
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            index, value = i, arg[len("--config="):]
+        elif arg == "--config" and i + 1 < len(argv):
+            index, value = i + 1, argv[i + 1]
+        else:
+            continue
+        try:
+            path = resolve_config_file(value)
+        except ConfigError as error:
+            _fail(command, error)
+        argv[index] = f"--config={path}" if index == i else path
+    return argv
+
+
 def _parse_flags(command, argv):
+    argv = _resolve_config_flag(command, argv)
     try:
         return FLAGS(argv)
     except (flags.Error, ValueError, TypeError, AttributeError, KeyError, OSError) as error:
@@ -207,6 +235,11 @@ def run(argv=None):
     if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
         print(_usage())
         sys.exit(0 if len(argv) >= 2 else EXIT_USAGE)
+    if argv[1] in ("--version", "-V", "version"):
+        from retinanet import __version__
+
+        print(f"retinanet {__version__}")
+        sys.exit(0)
     command = argv[1].replace("_", "-")
     if command not in COMMANDS:
         print(f"retinanet: error: unknown command {argv[1]!r}; expected one of "

@@ -36,7 +36,8 @@ def _config(required: bool = True):
         if not (required or workdir) and FLAGS.checkpoint not in run_folder.CHECKPOINT_CHOICES:
             return _pretrained_config()
         if required or not workdir:
-            raise UsageError("--config is required (e.g. --config=configs/shapes.py)")
+            raise UsageError("--config is required: a recipe's name (e.g. --config=shapes; "
+                             "`retinanet config --list`) or a file's path")
         path = os.path.join(workdir, "config.json")
         if not os.path.isfile(path):
             raise UsageError(f"--workdir={workdir}: no config.json (not a training run folder?); "
@@ -268,7 +269,13 @@ def cmd_doctor():
 
 def cmd_config():
     """Prints the resolved config (--config with its overrides, or WORKDIR/config.json): every
-    field and its value, one per line."""
+    field and its value, one per line; with --list, the shipped recipes instead."""
+    if FLAGS.list:
+        recipes = rconfig.recipes()
+        width = max(map(len, recipes))
+        print("\n".join(f"{name:<{width}}  {summary}" for name, summary in recipes.items()),
+              flush=True)
+        return
     config = _config(required=False)
 
     def lines(values, prefix):

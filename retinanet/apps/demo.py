@@ -1,12 +1,15 @@
 """`make demo`: from nothing to a trained, evaluated, exported detector on the CPU.
 
-Trains `configs/shapes.py` (the built-in synthetic shapes set, no download) into
+Trains the `shapes` recipe (the built-in synthetic shapes set, no download) into
 `runs/demo/`, evaluates it on the validation split (`metrics.json`, `report.md`,
 `per_class.csv`, `pr_curves.png`), exports a SavedModel (`runs/demo/saved_model`),
 checks that the SavedModel's detections agree with the Keras model's, draws a gallery of
 detections on validation images (`runs/demo/detections.png`) and prints a summary.
 
     python -m retinanet.apps.demo [--workdir=runs/demo] [--config.train.epochs=...]
+
+It finds its recipe through the installed package (`retinanet.configs`), so it runs the same
+from a clone and from a wheel.
 
 An interrupted demo resumes where it stopped when run again with the same config; with
 another config it starts over.
@@ -24,11 +27,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-# The repository root: configs/ sits beside the package.
-_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from retinanet.config import resolve_config_file  # noqa: E402
+
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", os.path.join(_ROOT, "configs", "shapes.py"),
-                                "The demo's config.", lock_config=True)
+config_flags.DEFINE_config_file("config", resolve_config_file("shapes"),
+                                "The demo's config: a recipe's path.", lock_config=True)
 flags.DEFINE_string("workdir", os.path.join("runs", "demo"), "Output folder.")
 flags.DEFINE_integer("gallery_size", 12, "Validation images in detections.png.")
 flags.DEFINE_integer("verbose", 1, "Keras verbosity: 1 progress bars, 2 one line per epoch.")

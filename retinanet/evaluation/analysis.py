@@ -15,7 +15,7 @@ from retinanet.evaluation.confusion import best_f1, confusion_matrix
 from retinanet.evaluation.inputs import ImageAccumulator
 from retinanet.evaluation.tide import (ERROR_TYPES, FALSE_POSITIVE, TideMatches, match_tide,
                                       tide_errors)
-from retinanet.evaluation.voc import VOCEvaluator, pairwise_iou
+from retinanet.evaluation.voc import evaluate_class, pairwise_iou
 
 
 def _box(values) -> list:
@@ -96,11 +96,9 @@ class ErrorAnalyzer(ImageAccumulator):
         tide.update(iou_threshold=self.iou_threshold,
                     background_threshold=self.background_threshold)
 
-        voc = VOCEvaluator(self.iou_threshold, class_names=self.class_names)
-        voc._records = list(self._records)  # same checked records, no second validation
         per_class = {}
         for c in classes:
-            entry = voc._evaluate_class(c)
+            entry = evaluate_class(self._records, c, self.iou_threshold)
             per_class[c] = best_f1(entry["precision"], entry["recall"], entry["scores"],
                                    entry["num_gt"])
 

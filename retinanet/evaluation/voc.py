@@ -107,80 +107,97 @@ class VOCEvaluator(ImageAccumulator):
 
     def result(self) -> dict:
         """AP of every class from everything added so far; layout in the class docstring."""
-        per_class = {c: self._evaluate_class(c) for c in self._class_indices()}
+        per_class = {c: evaluate_class(self._records, c, self.iou_threshold, self.method)
+                     for c in self._class_indices()}
         aps = [entry["AP"] for entry in per_class.values() if entry["num_gt"] > 0]
         return {
             "mAP": float(np.mean(aps)) if aps else float("nan"),
             "per_class": {self._name(c): entry for c, entry in per_class.items()},
         }
 
-    def _evaluate_class(self, class_index: int) -> dict:
-        num_gt = 0
-        # Per detection, in insertion order: image number, score, best IoU, index of that gt.
-        det_image, det_score, det_best_iou, det_best_gt = [], [], [], []
-        gt_ignored = []  # per image: bool [G] of this class's ground truths
-        for image_number, record in enumerate(self._records):
-            gt_mask = record.gt_classes == class_index
-            gt_boxes = record.gt_boxes[gt_mask]
-            ignored = (record.gt_difficult | record.gt_iscrowd)[gt_mask]
-            gt_ignored.append(ignored)
-            num_gt += int(np.count_nonzero(~ignored))
 
-            det_mask = record.det_classes == class_index
-            det_boxes = record.det_boxes[det_mask]
-            count = det_boxes.shape[0]
-            if count == 0:
+def evaluate_class(records, class_index: int, iou_threshold: float = 0.5,
+                   method: str = "all_points") -> dict:
+    """One class's precision-recall curve and AP over checked per-image records.
+
+    Args:
+        records: the evaluators' per-image records (`retinanet.evaluation.inputs`), with
+            `gt_boxes`, `gt_classes`, `gt_difficult`, `gt_iscrowd`, `det_boxes`,
+            `det_scores`, `det_classes`; boxes xyxy in pixels.
+        class_index: the class to score.
+        iou_threshold: a detection matches a ground truth at IoU >= this.
+        method: one of `METHODS`.
+
+    Returns:
+        `AP`, `precision` and `recall` per counted detection (by falling score), their
+        `scores`, `num_gt` (not difficult or crowd), `tp` and `fp`.
+    """
+    num_gt = 0
+    # Per detection, in insertion order: image number, score, best IoU, index of that gt.
+    det_image, det_score, det_best_iou, det_best_gt = [], [], [], []
+    gt_ignored = []  # per image: bool [G] of this class's ground truths
+    for image_number, record in enumerate(records):
+        gt_mask = record.gt_classes == class_index
+        gt_boxes = record.gt_boxes[gt_mask]
+        ignored = (record.gt_difficult | record.gt_iscrowd)[gt_mask]
+        gt_ignored.append(ignored)
+        num_gt += int(np.count_nonzero(~ignored))
+
+        det_mask = record.det_classes == class_index
+        det_boxes = record.det_boxes[det_mask]
+        count = det_boxes.shape[0]
+        if count == 0:
+            continue
+        det_image.append(np.full(count, image_number))
+        det_score.append(record.det_scores[det_mask])
+        if gt_boxes.shape[0]:
+            ious = pairwise_iou(det_boxes, gt_boxes)  # [D, G]
+            det_best_gt.append(np.argmax(ious, axis=1))  # first of equal maxima
+            det_best_iou.append(np.max(ious, axis=1))
+        else:
+            det_best_gt.append(np.full(count, -1))
+            det_best_iou.append(np.full(count, -np.inf))
+
+    if det_score:
+        images = np.concatenate(det_image)
+        scores = np.concatenate(det_score)
+        best_iou = np.concatenate(det_best_iou)
+        best_gt = np.concatenate(det_best_gt)
+    else:
+        images = best_gt = np.zeros((0,), np.int64)
+        scores = best_iou = np.zeros((0,), np.float64)
+
+    order = np.argsort(-scores, kind="stable")
+    matched = [np.zeros_like(ignored) for ignored in gt_ignored]
+    outcome = np.zeros(order.shape[0], np.int8)  # 1 TP, -1 FP, 0 ignored
+    for rank, det in enumerate(order):
+        if best_iou[det] >= iou_threshold:
+            image, gt = images[det], best_gt[det]
+            if gt_ignored[image][gt]:
                 continue
-            det_image.append(np.full(count, image_number))
-            det_score.append(record.det_scores[det_mask])
-            if gt_boxes.shape[0]:
-                ious = pairwise_iou(det_boxes, gt_boxes)  # [D, G]
-                det_best_gt.append(np.argmax(ious, axis=1))  # first of equal maxima
-                det_best_iou.append(np.max(ious, axis=1))
-            else:
-                det_best_gt.append(np.full(count, -1))
-                det_best_iou.append(np.full(count, -np.inf))
+            if not matched[image][gt]:
+                matched[image][gt] = True
+                outcome[rank] = 1
+                continue
+        outcome[rank] = -1
 
-        if det_score:
-            images = np.concatenate(det_image)
-            scores = np.concatenate(det_score)
-            best_iou = np.concatenate(det_best_iou)
-            best_gt = np.concatenate(det_best_gt)
-        else:
-            images = best_gt = np.zeros((0,), np.int64)
-            scores = best_iou = np.zeros((0,), np.float64)
-
-        order = np.argsort(-scores, kind="stable")
-        matched = [np.zeros_like(ignored) for ignored in gt_ignored]
-        outcome = np.zeros(order.shape[0], np.int8)  # 1 TP, -1 FP, 0 ignored
-        for rank, det in enumerate(order):
-            if best_iou[det] >= self.iou_threshold:
-                image, gt = images[det], best_gt[det]
-                if gt_ignored[image][gt]:
-                    continue
-                if not matched[image][gt]:
-                    matched[image][gt] = True
-                    outcome[rank] = 1
-                    continue
-            outcome[rank] = -1
-
-        counted = outcome != 0
-        is_tp = outcome[counted] == 1
-        cum_tp = np.cumsum(is_tp).astype(np.float64)
-        cum_fp = np.cumsum(~is_tp).astype(np.float64)
-        precision = cum_tp / np.maximum(cum_tp + cum_fp, 1.0)
-        if num_gt > 0:
-            recall = cum_tp / num_gt
-            ap = voc_ap(recall, precision, self.method)
-        else:
-            recall = np.full(cum_tp.shape, np.nan)
-            ap = float("nan")
-        return {
-            "AP": ap,
-            "precision": precision,
-            "recall": recall,
-            "scores": scores[order][counted],
-            "num_gt": num_gt,
-            "tp": int(np.count_nonzero(is_tp)),
-            "fp": int(np.count_nonzero(~is_tp)),
-        }
+    counted = outcome != 0
+    is_tp = outcome[counted] == 1
+    cum_tp = np.cumsum(is_tp).astype(np.float64)
+    cum_fp = np.cumsum(~is_tp).astype(np.float64)
+    precision = cum_tp / np.maximum(cum_tp + cum_fp, 1.0)
+    if num_gt > 0:
+        recall = cum_tp / num_gt
+        ap = voc_ap(recall, precision, method)
+    else:
+        recall = np.full(cum_tp.shape, np.nan)
+        ap = float("nan")
+    return {
+        "AP": ap,
+        "precision": precision,
+        "recall": recall,
+        "scores": scores[order][counted],
+        "num_gt": num_gt,
+        "tp": int(np.count_nonzero(is_tp)),
+        "fp": int(np.count_nonzero(~is_tp)),
+    }

@@ -11,7 +11,7 @@ from retinanet.model.backbone import build_backbone
 from retinanet.model.fpn import FeaturePyramid
 from retinanet.model.heads import RetinaNetHead
 from retinanet.model.postprocess import DetectionPostprocessor
-from retinanet.training.schedules import default_optimizer
+from retinanet.schedules import default_optimizer
 
 
 def _images_and_targets(x, y):
@@ -198,8 +198,8 @@ class RetinaNet(keras.Model):
         """Configures training.
 
         Args:
-            optimizer: defaults to `retinanet.training.default_optimizer()` (Adam 1e-4, clipnorm
-                10). `retinanet.training.reference_optimizer()` gives the paper's SGD recipe.
+            optimizer: defaults to `retinanet.schedules.default_optimizer()` (Adam 1e-4, clipnorm
+                10). `retinanet.schedules.reference_optimizer()` gives the paper's SGD recipe.
             classification_loss: defaults to `FocalLoss(alpha=0.25, gamma=2)`.
             box_loss: defaults to `SmoothL1Loss(beta=1/9)`.
             box_loss_weight: multiplies the box loss in the total.

@@ -1,7 +1,8 @@
-"""Training: optimisers and schedules (here), and the machinery of `retinanet train`.
+"""Training: the machinery of `retinanet train`.
 
-- `schedules`: `reference_optimizer` (the paper's SGD recipe), `default_optimizer` (Adam with
-  clipping) and `WarmupStepDecay`.
+The optimisers and schedules live in `retinanet.schedules` (the model's `compile` uses its
+`default_optimizer` too); `retinanet.training.reference_optimizer` etc. still reach them.
+
 - `builders`: config to model, anchors, matching, decoding, optimiser.
 - `datasets`: config to datasets, pipelines and step counts.
 - `trainer`: `train(config, workdir)`, what `retinanet train` runs.
@@ -15,7 +16,7 @@ __all__ = ["PlannedSchedule", "WarmupStepDecay", "default_optimizer", "reference
 def __getattr__(name):
     # Lazy: the command line imports builders/datasets/workdir without Keras.
     if name in __all__:
-        from retinanet.training import schedules
+        from retinanet import schedules
 
         return getattr(schedules, name)
     raise AttributeError(f"module 'retinanet.training' has no attribute {name!r}")

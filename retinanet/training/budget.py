@@ -24,7 +24,7 @@ import keras
 
 from retinanet import atomic
 from retinanet.config import ConfigError
-from retinanet.training.schedules import PlannedSchedule
+from retinanet.schedules import PlannedSchedule
 
 STATE_FILE = "budget.json"
 # fit() needs an epoch count; a budgeted run ends long before this many.

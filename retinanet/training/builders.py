@@ -60,8 +60,10 @@ def build_postprocessor(config, anchor_generator, label_encoder):
 
 def _backbone(model):
     """The `backbone` argument of `RetinaNet` and the keyword arguments of named backbones."""
-    from retinanet.model.backbone import build_simple_backbone
+    from retinanet.config import check_choice
+    from retinanet.model.backbone import BACKBONES, build_simple_backbone
 
+    check_choice("config.model.backbone", model.backbone, (*sorted(BACKBONES), "simple"))
     weights = model.backbone_weights or None
     if weights not in (None, "imagenet") and not os.path.isfile(weights):
         raise ConfigError(f"config.model.backbone_weights: file not found: {weights}")
@@ -191,7 +193,7 @@ def build_learning_rate(config, total_steps: int):
     """
     import keras
 
-    from retinanet.training.schedules import MAX_WARMUP_SHARE, WarmupStepDecay
+    from retinanet.schedules import MAX_WARMUP_SHARE, WarmupStepDecay
 
     train = config.train
     rate = float(train.learning_rate)
@@ -219,7 +221,7 @@ def build_optimizer(config, total_steps: int):
     """The configured Keras optimiser; "reference" is `retinanet.training.reference_optimizer`."""
     import keras
 
-    from retinanet.training.schedules import reference_optimizer
+    from retinanet.schedules import reference_optimizer
 
     train = config.train
     if not 0 <= train.ema_momentum < 1:

@@ -1,4 +1,9 @@
-"""Optimisers and learning-rate schedules for RetinaNet."""
+"""Optimisers and learning-rate schedules for RetinaNet.
+
+Beside the model rather than in `retinanet.training`: `RetinaNet.compile` defaults to
+`default_optimizer`, and a `.keras` file holding a compiled optimizer needs these schedules
+registered wherever it loads.
+"""
 
 import math
 
@@ -58,7 +63,7 @@ class PlannedSchedule(keras.optimizers.schedules.LearningRateSchedule):
     `set_total_steps` changes the schedule of an optimizer that is already training (its
     traced step function reads the variables at each step). The formulas are those of
     `keras.optimizers.schedules.CosineDecay` with warm-up and of
-    `retinanet.training.schedules.WarmupStepDecay`:
+    `retinanet.schedules.WarmupStepDecay`:
 
     - warm-up (`step < w`): `base * (f + (1 - f) * step / w)`;
     - cosine: `base * (alpha + (1 - alpha) * (1 + cos(pi * p)) / 2)`, with
