@@ -1,8 +1,9 @@
 """Experiment configs: the schema every config file starts from, its files and its checks.
 
-A config file (`configs/*.py`) defines `get_config()` returning `default_config()` with its
-own values; absl's `config_flags` loads it and lets any field be overridden on the command
-line (`--config.train.epochs=3`). `retinanet.training.builders` turns a config into the
+A config file (a recipe in `configs/`, installed as `retinanet.configs`, or your own)
+defines `get_config()` returning `default_config()` with its own values; absl's
+`config_flags` loads it and lets any field be overridden on the command line
+(`--config.train.epochs=3`). `resolve_config_file` turns a recipe's name into its file. `retinanet.training.builders` turns a config into the
 package's own objects and `retinanet.training.datasets` into datasets and pipelines.
 
 Sections (see `default_config` for every field and its meaning):
@@ -38,7 +39,7 @@ class ConfigError(ValueError):
 def default_config() -> ml_collections.ConfigDict:
     """The full schema with general-purpose defaults; config files change what they need.
 
-    The defaults are not the paper's recipe (that is `configs/retinanet_r50_coco.py`): Adam
+    The defaults are not the paper's recipe (that is the `retinanet_r50_coco` recipe): Adam
     1e-4 with a constant learning rate, a 640 px square and a ResNet50 from random weights.
 
     Returns:
