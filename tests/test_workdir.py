@@ -49,3 +49,50 @@ def test_a_workdir_the_lock_created_goes_away_if_nothing_was_written(tmp_path):
     with WorkdirLock(str(tmp_path / "kept")):
         (tmp_path / "kept" / "config.json").write_text("{}")
     assert (tmp_path / "kept" / "config.json").is_file()
+
+
+def test_release_removes_only_its_own_lock(tmp_path):
+    lock = WorkdirLock(str(tmp_path)).acquire()
+    # Somebody deleted our lock by hand and another run took the workdir meanwhile.
+    theirs = {"pid": os.getpid(), "host": socket.gethostname(), "started": "now",
+              "token": "theirs"}
+    (tmp_path / LOCK_FILE).write_text(json.dumps(theirs))
+    lock.release()
+    assert json.loads((tmp_path / LOCK_FILE).read_text()) == theirs
+
+
+def _contender(workdir, barrier, results, trials):
+    for _ in range(trials):
+        barrier.wait()
+        lock = WorkdirLock(workdir)
+        try:
+            lock.acquire()
+        except ValueError:
+            pass
+        results.put(lock.held)
+        barrier.wait()  # everyone has tried before the holder lets go
+        lock.release()
+        barrier.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("processes", [2, 4])
+def test_processes_that_acquire_at_the_same_instant_get_exactly_one_holder(tmp_path, processes):
+    import multiprocessing
+
+    trials = 200
+    context = multiprocessing.get_context("fork")  # the children run no TensorFlow
+    barrier, results = context.Barrier(processes), context.Queue()
+    workers = [context.Process(target=_contender,
+                               args=(str(tmp_path), barrier, results, trials))
+               for _ in range(processes)]
+    for worker in workers:
+        worker.start()
+    held = [results.get(timeout=120) for _ in range(trials * processes)]
+    for worker in workers:
+        worker.join(timeout=120)
+    # Each trial's results arrive before the next trial starts (the barriers): count them in
+    # groups of `processes`.
+    holders = [sum(held[i:i + processes]) for i in range(0, len(held), processes)]
+    assert holders == [1] * trials
+    assert not (tmp_path / LOCK_FILE).exists()

@@ -22,10 +22,12 @@ from it.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import socket
 import time
+import uuid
 
 from retinanet import atomic
 
@@ -83,10 +85,16 @@ LOCK_FILE = ".lock"
 class WorkdirLock:
     """An exclusive lock on a run folder, held while `retinanet train` runs in it.
 
-    The lock is the file ``WORKDIR/.lock``, created with O_EXCL and holding the owner's pid,
-    host and start time. A second run refuses to start, naming the holder. A lock left by a
-    run that died (same host, pid no longer alive, or an unreadable lock file) is stale and
-    taken over. The workers of one multi-worker cluster are one run: only the chief locks.
+    The lock is the file ``WORKDIR/.lock``, holding the owner's pid, host, start time and a
+    random token. A second run refuses to start, naming the holder. A lock whose process is
+    gone (same host, pid no longer alive) or whose file is unreadable is stale and taken
+    over; a lock of another host is always respected. The workers of one multi-worker
+    cluster are one run: only the chief locks.
+
+    Every look at the lock and every change to it happens under an `flock` of the workdir
+    itself, and the file is written whole before it gets its name (`os.replace`), so no
+    process ever reads a half-written lock, two processes never both decide that a lock is
+    free, and `release` removes only a lock that holds its own token.
 
     Use as a context manager, or `acquire` / `release`.
     """
@@ -96,9 +104,19 @@ class WorkdirLock:
         self.path = os.path.join(workdir, LOCK_FILE)
         self.held = False
         self._created_workdir = False
+        self._token = None
+
+    @contextlib.contextmanager
+    def _mutex(self):
+        descriptor = os.open(self.workdir, os.O_RDONLY)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(descriptor)  # releases the flock
 
     def _holder(self):
-        """The lock file's content, or None when it is stale or unreadable."""
+        """The live holder's lock content; None when there is no lock or it is stale."""
         info = atomic.read_json(self.path)
         if not isinstance(info, dict) or not isinstance(info.get("pid"), int):
             return None
@@ -110,32 +128,29 @@ class WorkdirLock:
         if not os.path.isdir(self.workdir):
             os.makedirs(self.workdir, exist_ok=True)
             self._created_workdir = True
-        for _ in range(3):  # a stale lock is removed and the create retried
-            try:
-                descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self._holder()
-                if holder is not None:
-                    raise ValueError(
-                        f"--workdir={self.workdir} is in use by another run "
-                        f"(pid {holder['pid']} on {holder.get('host')}, since "
-                        f"{holder.get('started')}); wait for it, use another --workdir, or "
-                        f"delete {self.path} if that run is gone") from None
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(self.path)
-                continue
-            with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-                json.dump({"pid": os.getpid(), "host": socket.gethostname(),
-                           "started": time.strftime("%Y-%m-%d %H:%M:%S")}, file)
-            self.held = True
-            return self
-        raise ValueError(f"{self.path}: could not take the workdir lock")
+        token = uuid.uuid4().hex
+        with self._mutex():
+            holder = self._holder()
+            if holder is not None:
+                raise ValueError(
+                    f"--workdir={self.workdir} is in use by another run "
+                    f"(pid {holder['pid']} on {holder.get('host')}, since "
+                    f"{holder.get('started')}); wait for it, use another --workdir, or "
+                    f"delete {self.path} if that run is gone")
+            atomic.write_text(self.path, json.dumps(
+                {"pid": os.getpid(), "host": socket.gethostname(),
+                 "started": time.strftime("%Y-%m-%d %H:%M:%S"), "token": token}))
+        self._token, self.held = token, True
+        return self
 
     def release(self):
-        """Removes the lock, and the workdir too when this lock created it and it is empty."""
+        """Removes the lock if it is still this one's, and the workdir too when this lock
+        created it and it is empty."""
         if self.held:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(self.path)
+            with self._mutex():
+                info = atomic.read_json(self.path)
+                if isinstance(info, dict) and info.get("token") == self._token:
+                    os.remove(self.path)
             self.held = False
         if self._created_workdir:
             with contextlib.suppress(OSError):
