@@ -25,6 +25,14 @@ SIZE_BUCKETS = (("small", 0.0, 32.0**2), ("medium", 32.0**2, 96.0**2),
 PERCENTILES = (5, 25, 50, 75, 95)
 
 
+# Memory bounds, whatever a label file holds: the boxes of one image matched at most (the rest
+# are counted, not measured), the elements of one box x anchor IoU matrix (an image's boxes
+# are matched in chunks under it), and the boxes of one closed-form pass.
+MAX_MATCHED_BOXES_PER_IMAGE = 10_000
+MAX_IOU_ELEMENTS = 2**23
+ANALYTIC_CHUNK = 2**15
+
+
 def analytic_best_iou(boxes, canvas, min_level, max_level, anchor_sizes, scales,
                       aspect_ratios) -> np.ndarray:
     """Each box's best IoU against the anchors of every candidate anchor size, in closed form.
@@ -48,6 +56,11 @@ def analytic_best_iou(boxes, canvas, min_level, max_level, anchor_sizes, scales,
     """
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     canvas = np.asarray(canvas, np.int64).reshape(-1, 2)
+    if boxes.shape[0] > ANALYTIC_CHUNK:  # bounded temporaries, whatever the box count
+        return np.concatenate([
+            analytic_best_iou(boxes[i:i + ANALYTIC_CHUNK], canvas[i:i + ANALYTIC_CHUNK],
+                              min_level, max_level, anchor_sizes, scales, aspect_ratios)
+            for i in range(0, boxes.shape[0], ANALYTIC_CHUNK)])
     anchor_sizes = np.asarray(anchor_sizes, np.float64).reshape(-1)
     scales = np.asarray(scales, np.float64)
     ratios = np.asarray(aspect_ratios, np.float64)
@@ -194,7 +207,12 @@ def anchor_coverage(data, anchor_generator, image_size, positive_iou=0.5, negati
         `mean_best_iou`, `best_iou_percentiles` (p5 ... p95), `by_size` (small / medium
         / large) and `by_class` (each `num_boxes`, `recall`, `recall_low_quality`,
         `mean_best_iou`), `positive_iou`, `negative_iou`, `image_size` and
-        `anchors`. Shares over no boxes are None.
+        `anchors`. Shares over no boxes are None. An image with more than
+        `MAX_MATCHED_BOXES_PER_IMAGE` boxes has only that many measured: `unmeasured`
+        holds `boxes` (the count left out of every figure) and `images` (their ids).
+        An image whose boxes x anchors exceed `MAX_IOU_ELEMENTS` is matched in chunks of
+        boxes: best IoUs stay exact; for `recall_low_quality` boxes of different chunks do
+        not compete for anchors.
     """
     import tensorflow as tf
 
@@ -238,31 +256,43 @@ def anchor_coverage(data, anchor_generator, image_size, positive_iou=0.5, negati
             anchor_generator.aspect_ratios)[:, 0], positive_iou) - 1e-3
     else:  # the closed form assumes centred anchors: keep every anchor near each box
         thresholds = np.full(len(scaled.boxes), -1.0)
+    measured = np.ones(num_boxes, bool)
+    capped_images = []
     layouts = {}  # canvas -> (anchors [A, 4] numpy, per-level grid layout)
     for index in range(len(records)):
-        first, last = scaled.box_offsets[index], scaled.box_offsets[index + 1]
+        first, end = scaled.box_offsets[index], scaled.box_offsets[index + 1]
+        last = min(end, first + MAX_MATCHED_BOXES_PER_IMAGE)
+        if end > last:
+            measured[last:end] = False
+            capped_images.append(records[index].image_id)
         if last > first:
             canvas = tuple(int(v) for v in scaled.image_canvas[index])
             if canvas not in layouts:
                 layouts[canvas] = _anchor_layout(anchor_generator, *canvas)
             anchors, layout = layouts[canvas]
-            boxes = scaled.boxes[first:last]
-            subset = _relevant_anchors(boxes, thresholds[first:last], layout, len(anchors))
-            best, argmax, matched_index, states = (t.numpy() for t in match_image(
-                tf.constant(anchors[subset]), tf.constant(boxes)))
-            best_iou[first:last] = best
-            best_anchor[first:last] = anchors[subset[argmax]]
-            if low_quality:
-                claimed = np.zeros(last - first + 1, bool)
-                claimed[matched_index[states == 1]] = True
-                matched_low_quality[first:last] = claimed[:-1]
+            subset = _relevant_anchors(scaled.boxes[first:last], thresholds[first:last],
+                                       layout, len(anchors))
+            chunk = max(1, MAX_IOU_ELEMENTS // subset.size)
+            for start in range(first, last, chunk):
+                stop = min(start + chunk, last)
+                best, argmax, matched_index, states = (t.numpy() for t in match_image(
+                    tf.constant(anchors[subset]), tf.constant(scaled.boxes[start:stop])))
+                best_iou[start:stop] = best
+                best_anchor[start:stop] = anchors[subset[argmax]]
+                if low_quality:
+                    claimed = np.zeros(stop - start + 1, bool)
+                    claimed[matched_index[states == 1]] = True
+                    matched_low_quality[start:stop] = claimed[:-1]
         if progress and (index % 16 == 15 or index == len(records) - 1):
             progress(index + 1)
 
     covered = best_iou >= np.float32(positive_iou)
     summary = {"num_images": len(records), "num_boxes": num_boxes}
-    summary.update(summarize(best_iou, covered, matched_low_quality, scaled.areas,
-                             scaled.classes, class_names))
+    summary.update(summarize(best_iou[measured], covered[measured],
+                             matched_low_quality[measured], scaled.areas[measured],
+                             scaled.classes[measured], class_names))
+    summary["num_boxes"] = num_boxes  # every box; the figures are over the measured ones
+    summary["unmeasured"] = {"boxes": int(num_boxes - measured.sum()), "images": capped_images}
     if not low_quality:
         _drop_low_quality(summary)
         matched_low_quality = None

@@ -59,6 +59,15 @@ def _findings(report) -> list:
         found.append(f"Only {recall:.1%} of the boxes have an anchor at IoU >= "
                      f"{cover['positive_iou']:g} ({worst[0]} boxes {worst[1]:.1%}); "
                      "fit the anchors.")
+    unmeasured = cover.get("unmeasured") or {"boxes": 0}
+    if unmeasured["boxes"]:
+        images = unmeasured["images"]
+        found.append(f"{unmeasured['boxes']} boxes were not matched to anchors: "
+                     f"{len(images)} images have more than "
+                     f"{coverage_lib.MAX_MATCHED_BOXES_PER_IMAGE} boxes, and only that many of "
+                     f"each were measured ({', '.join(images[:5])}).")
+    if report.get("anchor_fit_skipped"):
+        found.append(f"Anchors not fitted: {report['anchor_fit_skipped']}.")
     fit = report.get("anchor_fit")
     if fit and fit["improved"]:
         found.append(f"Fitted anchors raise that to {fit['after']['recall']:.1%}: "
@@ -193,8 +202,11 @@ def run_doctor(dataset, anchor_generator, label_encoder, image_size, max_boxes, 
         dataset, anchor_generator, image_size, label_encoder.positive_iou,
         label_encoder.negative_iou, scaled=scaled,
         progress=progress_bar("Matching anchors to the boxes"))
-    anchor_fit = None
-    if fit_anchors and len(scaled):
+    anchor_fit = fit_skipped = None
+    if fit_anchors and len(scaled) < fitting.MIN_FIT_BOXES:
+        fit_skipped = (f"{len(scaled)} boxes are too few to fit anchors to (at least "
+                       f"{fitting.MIN_FIT_BOXES}); the current anchors are kept")
+    elif fit_anchors:
         if verbose:
             print("Fitting anchors", flush=True)
         anchor_fit = fitting.fit_anchors(
@@ -220,6 +232,7 @@ def run_doctor(dataset, anchor_generator, label_encoder, image_size, max_boxes, 
         "health": data_health,
         "coverage": coverage.summary,
         "anchor_fit": anchor_fit,
+        "anchor_fit_skipped": fit_skipped,
         "files": {"report_md": os.path.join(output_dir, REPORT_MD),
                   "report_json": os.path.join(output_dir, REPORT_JSON),
                   "plots": plot_files},

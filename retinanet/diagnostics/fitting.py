@@ -111,6 +111,10 @@ def override_flags(anchor_size, scales, aspect_ratios) -> list:
             f"{OVERRIDE_PREFIX}aspect_ratios={as_tuple(aspect_ratios)}"]
 
 
+# Fewer boxes than this would fit the anchors to a handful of shapes, not to the data.
+MIN_FIT_BOXES = 20
+
+
 def fit_anchors(data, anchor_generator, image_size, positive_iou=0.5, negative_iou=0.4, *,
                 max_anchors_per_location=None, max_search_boxes=2000, num_confirm=2,
                 seed=0, before=None, scaled=None) -> dict:
@@ -137,7 +141,8 @@ def fit_anchors(data, anchor_generator, image_size, positive_iou=0.5, negative_i
         shell-quoted, on one line); `num_boxes` and `num_search_boxes`.
 
     Raises:
-        ValueError: the data has no boxes, or `max_anchors_per_location` is below the
+        ValueError: the data has fewer than `MIN_FIT_BOXES` boxes, or
+            `max_anchors_per_location` is below the
             current number of anchors per location.
     """
     from retinanet.anchors import AnchorGenerator
@@ -145,8 +150,9 @@ def fit_anchors(data, anchor_generator, image_size, positive_iou=0.5, negative_i
     records = list(data.records) if hasattr(data, "records") else list(data)
     if scaled is None:
         scaled = scaled_boxes(records, image_size, anchor_generator.stride_multiple)
-    if not len(scaled):
-        raise ValueError("fit_anchors: the data has no boxes to fit anchors to")
+    if len(scaled) < MIN_FIT_BOXES:
+        raise ValueError(f"fit_anchors: {len(scaled)} boxes are too few to fit anchors to "
+                         f"(at least {MIN_FIT_BOXES})")
     num_scales = len(anchor_generator.scales)
     num_ratios = len(anchor_generator.aspect_ratios)
     current_count = num_scales * num_ratios
