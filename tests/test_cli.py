@@ -8,6 +8,7 @@ import csv
 import json
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
@@ -507,3 +508,39 @@ def test_non_finite_loss_stops_with_a_message_and_saves_nothing(tmp_path):
     assert "The training loss became" in lines[-1] and "learning rate" in lines[-1]
     assert not (workdir / "checkpoints" / "last.keras").exists()
     assert not (workdir / "backup" / "training_metadata.json").exists()
+
+
+@pytest.mark.parametrize("overrides, cause", [
+    # An image's own boxes: the records answer before any graph runs, naming the image.
+    (["--config.data.max_boxes=1"],
+     r"config\.data: max_boxes=1: image \S+ has [23] boxes \(\d images have more than 1, the "
+     r"most 3\); raise max_boxes to 3"),
+    # A mosaic's boxes exist only in the graph: its assertion's text, not "Graph execution".
+    (["--config.data.mosaic=1.0", "--config.data.max_boxes=3"],
+     r"image a mosaic of 4 training images \(config\.data\.mosaic\): more boxes than "
+     r"max_boxes, raise max_boxes; boxes and max_boxes: \d+ 3"),
+])
+def test_too_many_boxes_names_the_cause_and_leaves_no_workdir(tmp_path, overrides, cause):
+    workdir = tmp_path / "fresh"
+    result = cli("train", f"--config={TINY}", f"--workdir={workdir}", *overrides, check=False)
+    assert result.returncode == 2
+    (line,) = [line for line in program_lines(result.stderr) if "error:" in line]
+    assert re.fullmatch(r"retinanet train: error: " + cause, line), line
+    assert "Graph execution error" not in result.stderr
+    assert not workdir.exists()
+
+
+def test_graph_error_cause_reads_tensorflow_messages():
+    from retinanet.apps.cli import graph_error_cause
+
+    data_error = (
+        "Graph execution error:\n\nDetected at node Assert/Assert defined at (most recent call "
+        "last):\n<stack traces unavailable>\nError in user-defined function passed to "
+        "ParallelMapDatasetV2:4 transformation with iterator: Iterator::Root::Prefetch::"
+        "ParallelMapV2: assertion failed: [image 1: more boxes than max_boxes; boxes and "
+        "max_boxes:] [2] [1]\n\t [[{{node Assert/Assert}}]]\n\t [[IteratorGetNext]]")
+    assert graph_error_cause(data_error) == \
+        "image 1: more boxes than max_boxes; boxes and max_boxes: 2 1"
+    assert graph_error_cause("Graph execution error:\n\nDetected at node r\nInput to reshape "
+                             "has 3 values\n\t [[{{node r}}]]") == "Input to reshape has 3 values"
+    assert graph_error_cause("plain message") == "plain message"

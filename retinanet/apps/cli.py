@@ -116,6 +116,29 @@ def _fail(command: str, message) -> None:
     sys.exit(EXIT_USAGE)
 
 
+# Lines of a TensorFlow runtime error that say where, not what.
+_GRAPH_ERROR_NOISE = ("Graph execution error", "Detected at node", "<stack traces", "[[",
+                      "Detected unsupported operations")
+
+
+def graph_error_cause(message: str) -> str:
+    """The cause in a TensorFlow runtime error's message, not its "Graph execution error:".
+
+    A failed `tf.debugging.Assert` gives `assertion failed: [text] [values]`, which becomes
+    `text values`; an error inside a tf.data function loses its "Error in user-defined
+    function ... with iterator: Iterator::...:" prefix.
+    """
+    lines = [line.strip() for line in message.strip().splitlines()]
+    cause = next((line for line in lines if line and not line.startswith(_GRAPH_ERROR_NOISE)),
+                 lines[0] if lines else message)
+    if cause.startswith("Error in user-defined function") and "with iterator: " in cause:
+        cause = cause.split("with iterator: ", 1)[1].split(": ", 1)[-1]
+    if "assertion failed: " in cause:
+        cause = cause.split("assertion failed: ", 1)[1]
+        cause = " ".join(part.strip("[] ") for part in cause.split("] ["))
+    return cause
+
+
 def _usage() -> str:
     return ("usage: retinanet {" + ",".join(COMMANDS) + "} [flags]\n"
             + (__doc__ or "").split("\n\n")[1] + "\n"
@@ -188,7 +211,7 @@ def _main(command, argv):
 
         if FLAGS.debug or not isinstance(error, tf.errors.OpError):
             raise
-        _fail(command, error.message.strip().split("\n")[0])
+        _fail(command, graph_error_cause(error.message))
 
 
 def _resolve_config_flag(command, argv):

@@ -175,6 +175,11 @@ class DetectionDataset:
         return len(self.class_names)
 
     @property
+    def streamed(self) -> bool:
+        """True while the records are not built yet (TFDS): reading them is a full pass."""
+        return self._records is None
+
+    @property
     def records(self) -> list:
         if self._records is None:
             self._records = list(self._records_fn())

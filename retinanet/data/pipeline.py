@@ -226,6 +226,27 @@ def train_transform(example, random_seed, image_size, max_boxes, scale_range,
     return _pad_image(image, canvas, image_size, size_multiple), targets
 
 
+def check_box_counts(records, max_boxes: int, drop_crowd: bool = False):
+    """Raises a ValueError naming the first image with more than `max_boxes` boxes.
+
+    The same limit fails inside the graph (`_pad_boxes`) too, but only once a batch reaches
+    that image, and as a TensorFlow error; the records answer before any graph runs.
+
+    Args:
+        records: the `Record`s of a dataset.
+        max_boxes: M of the pipeline.
+        drop_crowd: count crowd boxes out, as training does.
+    """
+    counts = [len(r) - (int(r.is_crowd.sum()) if drop_crowd else 0) for r in records]
+    over = [i for i, count in enumerate(counts) if count > max_boxes]
+    if over:
+        first, most = records[over[0]], max(counts[i] for i in over)
+        raise ValueError(
+            f"max_boxes={max_boxes}: image {first.path or first.image_id} has "
+            f"{counts[over[0]]} boxes ({len(over)} images have more than {max_boxes}, the "
+            f"most {most}); raise max_boxes to {most}")
+
+
 def pipeline(dataset, mode: str = "train", batch_size: int = 8, image_size=None, *,
              max_boxes: int = 100, size_multiple: int = DEFAULT_SIZE_MULTIPLE,
              horizontal_flip: bool = True,
@@ -305,6 +326,8 @@ def pipeline(dataset, mode: str = "train", batch_size: int = 8, image_size=None,
         raise ValueError(f"shuffle_buffer must be >= 1, got {shuffle_buffer}")
 
     if isinstance(dataset, DetectionDataset):
+        if not dataset.streamed:  # streamed (TFDS) records are checked in the graph
+            check_box_counts(dataset.records, max_boxes, drop_crowd=mode == "train")
         source, decode, length = dataset.source(), dataset.decode, len(dataset)
         light_source = not dataset.source_holds_images
     elif isinstance(dataset, tf.data.Dataset):

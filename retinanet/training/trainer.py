@@ -126,9 +126,27 @@ def train(config, workdir: str, *, strategy: str = "default", precision: str = "
     lock = run_folder.WorkdirLock(workdir) if _task(strategy)[0] else \
         contextlib.nullcontext()
     with lock:
-        return _train(config, workdir, strategy=strategy, precision=precision, verbose=verbose,
-                      tpu=tpu, keep_worker_dirs=keep_worker_dirs, clock=clock,
-                      started_at=started_at)
+        try:
+            return _train(config, workdir, strategy=strategy, precision=precision,
+                          verbose=verbose, tpu=tpu, keep_worker_dirs=keep_worker_dirs,
+                          clock=clock, started_at=started_at)
+        except BaseException:
+            if getattr(lock, "created_workdir", False):
+                _remove_unfinished_run(workdir)
+            raise
+
+
+def _remove_unfinished_run(workdir: str):
+    """Empties a workdir this run created when it failed before saving any epoch, so the
+    lock's release removes the folder too (a failed first step leaves nothing behind)."""
+    import shutil
+
+    if any(os.path.exists(os.path.join(workdir, name)) for name in ("backup", "checkpoints")):
+        return
+    for name in os.listdir(workdir):
+        if name != run_folder.LOCK_FILE:
+            path = os.path.join(workdir, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
 
 
 def _task(strategy: str):

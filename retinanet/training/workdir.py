@@ -103,7 +103,7 @@ class WorkdirLock:
         self.workdir = workdir
         self.path = os.path.join(workdir, LOCK_FILE)
         self.held = False
-        self._created_workdir = False
+        self.created_workdir = False  # the folder did not exist before `acquire`
         self._token = None
 
     @contextlib.contextmanager
@@ -127,7 +127,7 @@ class WorkdirLock:
     def acquire(self):
         if not os.path.isdir(self.workdir):
             os.makedirs(self.workdir, exist_ok=True)
-            self._created_workdir = True
+            self.created_workdir = True
         token = uuid.uuid4().hex
         with self._mutex():
             holder = self._holder()
@@ -152,7 +152,7 @@ class WorkdirLock:
                 if isinstance(info, dict) and info.get("token") == self._token:
                     os.remove(self.path)
             self.held = False
-        if self._created_workdir:
+        if self.created_workdir:
             with contextlib.suppress(OSError):
                 os.rmdir(self.workdir)  # only succeeds when nothing was written
 
