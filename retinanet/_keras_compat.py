@@ -9,12 +9,40 @@ from __future__ import annotations
 
 import contextlib
 
+import keras
 from keras.src.losses.loss import scale_loss_for_distribution  # noqa: F401  (re-exported)
 
-# The hooks of `keras.callbacks.BackupAndRestore` that `retinanet.training.callbacks`
-# overrides, and the attributes it reads: the epoch and batch of the state being saved.
+# The hooks of `keras.callbacks.BackupAndRestore` that `BackupAndRestoreHooks` overrides, and
+# the attributes it reads: the epoch and batch of the state being saved.
 BACKUP_AND_RESTORE_HOOKS = ("_load_model", "_save_model")
 BACKUP_AND_RESTORE_PROGRESS = ("_current_epoch", "_last_batch_seen")
+
+
+class BackupAndRestoreHooks(keras.callbacks.BackupAndRestore):
+    """`BackupAndRestore` with its private load and save hooks as `restore()` and `save()`.
+
+    Keras keeps its own schedule of saves (every epoch or `save_freq` batches) and calls
+    `_save_model` then; a subclass implements `save` (and `restore`, which `on_train_begin`
+    calls) without naming Keras internals. `progress()` is the (epoch, batch) being saved.
+    """
+
+    def on_train_begin(self, logs=None):
+        self.restore()
+
+    def _load_model(self):
+        self.restore()
+
+    def _save_model(self):
+        self.save()
+
+    def progress(self):
+        return self._current_epoch, self._last_batch_seen
+
+    def restore(self):
+        raise NotImplementedError
+
+    def save(self):
+        raise NotImplementedError
 
 
 def all_layers(model):
@@ -35,11 +63,6 @@ def jit_compile_off(model):
 def set_initial_epoch(model, epoch: int):
     """Makes a running `fit` start at `epoch`; it reads this after `on_train_begin`."""
     model._initial_epoch = int(epoch)
-
-
-def backup_progress(callback):
-    """(epoch, batch) of the state a `BackupAndRestore` is saving."""
-    return callback._current_epoch, callback._last_batch_seen
 
 
 def moving_averages(optimizer):

@@ -95,3 +95,47 @@ def test_swap_moving_average_shows_the_average_between_the_swaps_and_ends_with_i
     assert not np.allclose(averages[-1][0], steps.seen[-1][0])  # the two differ
     for final, expected in zip(model.get_weights(), averages[-1]):
         np.testing.assert_allclose(final, expected, rtol=1e-5, atol=1e-6)
+
+
+def _fit_with_backup(backup_dir, epochs, seed=0):
+    import numpy as np
+
+    from retinanet.training.callbacks import ResumableBackup
+
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = np.ones((4, 2), "float32"), np.zeros((4, 1), "float32")
+    history = model.fit(x, y, epochs=epochs, verbose=0,
+                        callbacks=[ResumableBackup(str(backup_dir))])
+    return model, history
+
+
+def test_a_truncated_newest_backup_is_named_and_resume_starts_after_the_one_loaded(tmp_path):
+    from retinanet.atomic import read_json
+    from retinanet.training.callbacks import ResumableBackup
+
+    _fit_with_backup(tmp_path, epochs=3)
+    metadata = read_json(str(tmp_path / ResumableBackup.METADATA))
+    assert (metadata["epoch"], metadata["previous_epoch"]) == (3, 2)
+    assert ResumableBackup.restorable(str(tmp_path)) == (3, metadata["weights"], [])
+    newest = tmp_path / metadata["weights"]
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+
+    epoch, name, skipped = ResumableBackup.restorable(str(tmp_path))
+    assert (epoch, name) == (2, metadata["previous_weights"])
+    (problem,) = skipped
+    assert problem.startswith(f"{newest} (epoch 3): ")
+    # fit resumes after the epoch it loaded: epochs 3 and 4 of 4 run.
+    _, history = _fit_with_backup(tmp_path, epochs=4)
+    assert history.epoch == [2, 3]
+
+
+def test_no_readable_backup_is_an_error_naming_the_files(tmp_path):
+    from retinanet.training.callbacks import ResumableBackup
+
+    _fit_with_backup(tmp_path, epochs=2)
+    for path in tmp_path.glob("*.weights.h5"):
+        path.write_bytes(b"not hdf5")
+    with pytest.raises(ValueError, match=r"no backup loads .*epoch 2.*epoch 1.*delete the folder"):
+        ResumableBackup.restorable(str(tmp_path))

@@ -240,15 +240,16 @@ signal.signal(signal.SIGINT, signal.default_int_handler)
 hold_epoch, ready_file = int(sys.argv[1]), pathlib.Path(sys.argv[2])
 release_file = ready_file.with_suffix(".release")
 from retinanet.training.callbacks import ResumableBackup
-save = ResumableBackup._save_model
+save = ResumableBackup.save
 def save_then_hold(self):
     save(self)
-    if self._current_epoch == hold_epoch:
-        ready_file.write_text(str(self._current_epoch))
+    epoch, _ = self.progress()
+    if epoch == hold_epoch:
+        ready_file.write_text(str(epoch))
         deadline = time.monotonic() + 600  # only a guard against a test that never signals
         while time.monotonic() < deadline and not release_file.exists():
             time.sleep(0.05)
-ResumableBackup._save_model = save_then_hold
+ResumableBackup.save = save_then_hold
 from retinanet.apps import cli
 cli.run(["retinanet"] + sys.argv[3:])
 """
@@ -544,3 +545,26 @@ def test_graph_error_cause_reads_tensorflow_messages():
     assert graph_error_cause("Graph execution error:\n\nDetected at node r\nInput to reshape "
                              "has 3 values\n\t [[{{node r}}]]") == "Input to reshape has 3 values"
     assert graph_error_cause("plain message") == "plain message"
+
+
+@pytest.mark.slow
+def test_a_truncated_newest_backup_is_named_and_everything_follows_the_one_loaded(tmp_path):
+    workdir = tmp_path / "run"
+    args = _train_args(workdir)
+    assert _train_and_kill(args, workdir, after_epoch=2)[0] == 2
+    metadata = json.loads((workdir / "backup" / "training_metadata.json").read_text())
+    newest = workdir / "backup" / metadata["weights"]
+    newest.write_bytes(newest.read_bytes()[:1000])  # a disk that filled up mid-copy
+
+    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run(args, cwd=ROOT, env=environment, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-5000:]
+    assert f"warning: the backup {newest} (epoch 2): " in result.stderr
+    assert "resuming from the backup of epoch 1 instead" in result.stderr
+    assert f"Resuming from the backup in {workdir / 'backup'}: 1 of 4 epochs done" in \
+        result.stdout
+    assert "Epoch 2/4" in result.stdout
+    rows = read_csv(workdir / "training_log.csv")
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]  # epoch 2 once, not twice
+    assert [int(r["step"]) for r in rows] == [3, 6, 9, 12]

@@ -111,7 +111,7 @@ class Checkpoints(keras.callbacks.Callback):
             write_json(self.state_path, {self.monitor: value, "epoch": epoch + 1})
 
 
-class ResumableBackup(keras.callbacks.BackupAndRestore):
+class ResumableBackup(_keras_compat.BackupAndRestoreHooks):
     """`keras.callbacks.BackupAndRestore` with atomic saves and a separate write folder.
 
     Keras' own callback overwrites `latest.weights.h5` in place and then the metadata, so a
@@ -136,43 +136,59 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
 
     @classmethod
     def saved_epoch(cls, backup_dir: str) -> int:
-        """Number of finished epochs in a backup folder (0 when there is none)."""
+        """Number of finished epochs the newest backup in a folder claims (0: none)."""
         metadata = read_json(os.path.join(backup_dir, cls.METADATA)) or {}
         return int(metadata.get("epoch", 0))
 
-    def on_train_begin(self, logs=None):
-        self._load_model()
+    @classmethod
+    def restorable(cls, backup_dir: str):
+        """The backup a resume loads: `(epoch, file name or None, skipped)`.
 
-    def _load_model(self):
-        metadata = read_json(os.path.join(self.backup_dir, self.METADATA))
-        if not metadata:
+        The newest weights file that reads whole wins; `skipped` names each newer one that
+        does not (truncated or corrupt: a disk that filled up, a copy cut short) with its
+        epoch and the reason, so the caller can say what it falls back to.
+
+        Raises:
+            ValueError: the folder has backups and none of them reads.
+        """
+        metadata = read_json(os.path.join(backup_dir, cls.METADATA)) or {}
+        skipped = []
+        for name, epoch in ((metadata.get("weights"), metadata.get("epoch", 0)),
+                            (metadata.get("previous_weights"), metadata.get("previous_epoch", 0))):
+            if not name:
+                continue
+            problem = _unreadable_weights(os.path.join(backup_dir, name))
+            if problem is None:
+                return int(epoch), name, skipped
+            skipped.append(f"{os.path.join(backup_dir, name)} (epoch {epoch}): {problem}")
+        if skipped:
+            raise ValueError(f"{backup_dir}: no backup loads ({'; '.join(skipped)}); delete "
+                             "the folder to start over")
+        return 0, None, skipped
+
+    def restore(self):
+        """Loads the backup `restorable` names; its epoch becomes fit's initial epoch."""
+        epoch, name, _ = self.restorable(self.backup_dir)
+        if name is None:
             return
         if not self.model.built:
             raise ValueError("BackupAndRestore needs a built model before fit()")
         optimizer = self.model.optimizer
         if optimizer is not None and not optimizer.built:
             optimizer.build(self.model.trainable_variables)
-        errors = []
-        for name in (metadata.get("weights"), metadata.get("previous_weights")):
-            if not name:
-                continue
-            try:
-                self.model.load_weights(os.path.join(self.backup_dir, name))
-            except (OSError, ValueError) as error:
-                errors.append(f"{name}: {error}")
-                continue
-            epoch = metadata["epoch"] if name == metadata.get("weights") else \
-                metadata.get("previous_epoch", 0)
-            _keras_compat.set_initial_epoch(self.model, epoch)
-            return
-        raise ValueError(f"{self.backup_dir}: no backup loads ({'; '.join(errors)}); delete "
-                         "the folder to start over")
+        path = os.path.join(self.backup_dir, name)
+        try:
+            self.model.load_weights(path)
+        except (OSError, ValueError) as error:
+            raise ValueError(f"{path}: the backup of epoch {epoch} does not load ({error}); "
+                             "delete the backup folder to start over") from None
+        _keras_compat.set_initial_epoch(self.model, epoch)
 
-    def _save_model(self):
+    def save(self):
         os.makedirs(self.write_dir, exist_ok=True)
         metadata_path = os.path.join(self.write_dir, self.METADATA)
         previous = read_json(metadata_path) or {}
-        epoch, batch = _keras_compat.backup_progress(self)
+        epoch, batch = self.progress()
         name = f"epoch_{epoch:05d}_batch_{batch:06d}.weights.h5"
         tmp = os.path.join(self.write_dir, f"tmp_{os.getpid()}_{name}")
         self.model.save_weights(tmp, overwrite=True)
@@ -189,6 +205,22 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
                     os.remove(os.path.join(self.write_dir, old))
                 except OSError:
                     pass
+
+
+def _unreadable_weights(path: str):
+    """None when the `.weights.h5` file at `path` reads whole, else why it does not."""
+    import h5py
+
+    def read(name, item):
+        if isinstance(item, h5py.Dataset):
+            item[()]  # every array, to its last byte
+
+    try:
+        with h5py.File(path, "r") as file:
+            file.visititems(read)
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        return " ".join(str(error).split()) or type(error).__name__
+    return None
 
 
 class NonFiniteLossError(FloatingPointError):

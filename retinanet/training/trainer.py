@@ -203,7 +203,10 @@ def _train(config, workdir: str, *, strategy: str, precision: str, verbose: int,
         write_dir = tempfile.mkdtemp(prefix=f"retinanet-worker{task_id}-")
     steps = datasets.steps_per_epoch(config, len(train_set))
     backup_dir = os.path.join(workdir, "backup")
-    initial_epoch = rcallbacks.ResumableBackup.saved_epoch(backup_dir)
+    initial_epoch, _, skipped = rcallbacks.ResumableBackup.restorable(backup_dir)
+    for problem in skipped:
+        print(f"warning: the backup {problem}; resuming from the backup of epoch "
+              f"{initial_epoch} instead", file=sys.stderr, flush=True)
     budget = rbudget.for_run(config, steps, backup_dir, os.path.join(write_dir, "backup"),
                              clock=clock, started_at=started_at, multi_worker=multi_worker)
     epochs = budget.epochs(initial_epoch) if budget else config.train.epochs
