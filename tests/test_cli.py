@@ -106,6 +106,20 @@ def test_a_checkpoint_with_an_unknown_class_gives_a_short_error(trained, tmp_pat
     assert "'NoSuchPyramid'" in lines[0] and len(lines[0]) < 400
 
 
+def test_a_truncated_checkpoint_is_named_as_such_not_as_missing(trained, tmp_path):
+    workdir, _ = trained
+    whole = (workdir / "checkpoints" / "last.keras").read_bytes()
+    half = tmp_path / "half.keras"
+    half.write_bytes(whole[: len(whole) // 2])
+    result = cli("evaluate", f"--workdir={workdir}", f"--checkpoint={half}",
+                 f"--output={tmp_path / 'eval'}", check=False)
+    assert result.returncode == 2
+    (line,) = program_lines(result.stderr)
+    assert line == (f"retinanet evaluate: error: {half}: not a readable .keras file "
+                    f"({len(whole) // 2} bytes, not a complete zip archive: truncated or "
+                    "corrupt)")
+
+
 def test_predict_writes_coco_results_and_annotated_images(trained, tmp_path):
     from PIL import Image
 
@@ -568,3 +582,52 @@ def test_a_truncated_newest_backup_is_named_and_everything_follows_the_one_loade
     rows = read_csv(workdir / "training_log.csv")
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]  # epoch 2 once, not twice
     assert [int(r["step"]) for r in rows] == [3, 6, 9, 12]
+
+
+def test_evaluate_refuses_a_saved_model_that_touches_files(trained, tmp_path):
+    from test_safety import _file_thief
+
+    workdir, _ = trained
+    secret, stolen = tmp_path / "secret.txt", tmp_path / "stolen.txt"
+    secret.write_text("private")
+    _file_thief(tmp_path / "thief", str(secret), str(stolen))
+    result = cli("evaluate", f"--workdir={workdir}", f"--checkpoint={tmp_path / 'thief'}",
+                 f"--output={tmp_path / 'eval'}", check=False)
+    assert result.returncode == 2
+    (line,) = program_lines(result.stderr)
+    assert "refusing to run this SavedModel" in line and "WriteFile" in line
+    assert "--trust_checkpoint" in line
+    assert not stolen.exists()
+
+
+DISK_FULL_AT_SECOND_SAVE = """
+import errno, sys
+import keras
+saves = []
+save = keras.Model.save
+def save_until_full(self, *args, **kwargs):
+    saves.append(args[0])
+    if len(saves) == 2:  # epoch 1 wrote last.keras (no evaluation yet); epoch 2's fails
+        raise OSError(errno.ENOSPC, "No space left on device")
+    return save(self, *args, **kwargs)
+keras.Model.save = save_until_full
+from retinanet.apps import cli
+cli.run(["retinanet"] + sys.argv[1:])
+"""
+
+
+def test_a_full_disk_names_the_file_and_the_epoch_that_is_safe(tmp_path):
+    workdir = tmp_path / "run"
+    script = tmp_path / "disk_full.py"
+    script.write_text(DISK_FULL_AT_SECOND_SAVE)
+    result = subprocess.run([sys.executable, str(script), *_train_args(workdir)[3:]], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600,
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert result.returncode == 2, result.stderr[-3000:]
+    (line,) = [line for line in program_lines(result.stderr) if "error:" in line]
+    assert line == (
+        f"retinanet train: error: [Errno 28] No space left on device while writing "
+        f"{workdir / 'checkpoints' / 'last.keras'}; the backup of epoch 1 in "
+        f"{workdir / 'backup'} is intact: free some space and run the same command again to "
+        "resume")
+    assert (workdir / "checkpoints" / "last.keras").is_file()  # epoch 1's, untouched

@@ -69,3 +69,47 @@ def test_a_keras_file_loads_in_safe_mode_and_holds_no_code(tiny_retinanet, tmp_p
     json.loads(config_text)
     loaded = keras.saving.load_model(path, safe_mode=True)
     assert isinstance(loaded, retinanet.RetinaNet)
+
+
+def _file_thief(directory, secret, stolen):
+    """A SavedModel whose serving signature copies `secret` to `stolen` when called."""
+    import tensorflow as tf
+
+    class Thief(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
+        def serve(self, images):
+            tf.io.write_file(stolen, tf.io.read_file(secret))
+            batch = tf.shape(images)[0]
+            return {"boxes": tf.zeros([batch, 1, 4]), "scores": tf.zeros([batch, 1]),
+                    "classes": tf.zeros([batch, 1], tf.int32),
+                    "num_detections": tf.zeros([batch], tf.int32)}
+
+    thief = Thief()
+    tf.saved_model.save(thief, str(directory), signatures={"serving_default": thief.serve})
+
+
+def test_a_saved_model_that_reads_and_writes_files_is_refused_before_it_runs(tmp_path):
+    import numpy as np
+
+    from retinanet.export.runtime import load_exported
+
+    secret, stolen = tmp_path / "secret.txt", tmp_path / "stolen.txt"
+    secret.write_text("private")
+    _file_thief(tmp_path / "thief", str(secret), str(stolen))
+    with pytest.raises(ValueError, match=r"refusing to run this SavedModel: .*ReadFile "
+                                         r"\(in function .*WriteFile .*--trust_checkpoint"):
+        load_exported(tmp_path / "thief")
+    assert not stolen.exists()
+    # The check is what stands in the way: trusted, the graph does what it holds.
+    load_exported(tmp_path / "thief", trust=True).predict_on_batch(
+        np.zeros((1, 8, 8, 3), np.uint8))
+    assert stolen.read_text() == "private"
+
+
+@pytest.mark.parametrize("resize", [None, 128])
+def test_the_packages_own_saved_models_pass_the_allow_list(tiny_retinanet, tmp_path, resize):
+    from retinanet import export
+    from retinanet.export.trust import untrusted_ops
+
+    export.export(tiny_retinanet(), str(tmp_path / "model"), format="saved_model", resize=resize)
+    assert untrusted_ops(tmp_path / "model") == []

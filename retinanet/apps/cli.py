@@ -41,8 +41,8 @@ COMMANDS = ("train", "evaluate", "predict", "export", "debug-anchors", "doctor",
 COMMAND_FLAGS = {
     "train": ("config", "workdir", "strategy", "tpu", "precision", "verbose",
               "keep_worker_dirs", "debug"),
-    "evaluate": ("workdir", "config", "split", "checkpoint", "output", "precision", "verbose",
-                 "debug"),
+    "evaluate": ("workdir", "config", "split", "checkpoint", "trust_checkpoint", "output",
+                 "precision", "verbose", "debug"),
     "predict": ("workdir", "images", "output", "config", "checkpoint", "score_threshold",
                 "stop_on_bad_image", "precision", "verbose", "debug"),
     "export": ("workdir", "output", "format", "quantization", "per_class_thresholds", "config",
@@ -76,6 +76,10 @@ flags.DEFINE_string("checkpoint", "best",
                     "evaluate/predict/export: best, last, the path of a .keras file, or a "
                     "keras-hub preset name or directory (predict then needs no --workdir); "
                     "evaluate also takes an exported SavedModel directory, .tflite or .onnx.")
+flags.DEFINE_bool("trust_checkpoint", False,
+                  "evaluate: run an exported SavedModel even when its graph holds ops no "
+                  "retinanet export uses (file I/O, Python calls, dataset readers). Exported "
+                  "models are programs: trust only files you made or know.")
 flags.DEFINE_string("images", None, "predict: an image file or a folder (searched recursively).")
 flags.DEFINE_string("output", None, "predict/export/debug-anchors/evaluate: output folder.")
 flags.DEFINE_string("format", "saved_model",

@@ -65,7 +65,7 @@ def _load_model(workdir: str | None, exported_ok: bool = False):
 
     if exported_ok and runtime_of(FLAGS.checkpoint):
         print(f"Loading {FLAGS.checkpoint} ({runtime_of(FLAGS.checkpoint)})", flush=True)
-        return load_exported(FLAGS.checkpoint)
+        return load_exported(FLAGS.checkpoint, trust=FLAGS.trust_checkpoint)
     import keras
 
     import retinanet.model  # noqa: F401  (registers the custom objects for load_model)
@@ -79,6 +79,7 @@ def _load_model(workdir: str | None, exported_ok: bool = False):
             raise UsageError(str(error)) from None
     path = run_folder.checkpoint_path(workdir or "", FLAGS.checkpoint)
     print(f"Loading {path}", flush=True)
+    pretrained.check_keras_file(path)
     try:
         return keras.saving.load_model(path)
     except TypeError as error:

@@ -45,13 +45,21 @@ def _uint8(images):
 
 
 class SavedModelRuntime:
-    """A SavedModel's `serving_default` signature (TensorFlow)."""
+    """A SavedModel's `serving_default` signature (TensorFlow).
+
+    Its graph is checked against `retinanet.export.trust.ALLOWED_OPS` before anything in it
+    runs, unless `trust` is True.
+    """
 
     runtime = "saved_model"
 
-    def __init__(self, path):
+    def __init__(self, path, trust=False):
         import tensorflow as tf
 
+        from retinanet.export.trust import check_saved_model
+
+        if not trust:
+            check_saved_model(path)
         self._tf = tf
         self._serve = tf.saved_model.load(os.fspath(path)).signatures[SERVING_SIGNATURE]
 
@@ -116,13 +124,16 @@ class ONNXRuntime:
         return dict(zip(self._names, outputs))
 
 
-def load_exported(path, num_threads=None):
+def load_exported(path, num_threads=None, trust=False):
     """The exported model at `path`, ready for `predict_on_batch`.
 
     Args:
         path: a SavedModel directory, a `.tflite` or an `.onnx` file written by
             `retinanet.export`.
         num_threads: LiteRT and ONNX Runtime: CPU threads (None: the runtime's default).
+        trust: run a SavedModel whose graph holds ops outside the package's allow-list
+            (`retinanet.export.trust`); exported models are programs, load only files you
+            trust.
 
     Returns:
         A `SavedModelRuntime`, `LiteRTRuntime` or `ONNXRuntime`.
@@ -135,7 +146,7 @@ def load_exported(path, num_threads=None):
         raise ValueError(f"`path` must be a SavedModel directory, a .tflite or an .onnx file, "
                          f"got {os.fspath(path)!r}.")
     if runtime == "saved_model":
-        return SavedModelRuntime(path)
+        return SavedModelRuntime(path, trust=trust)
     if runtime == "litert":
         return LiteRTRuntime(path, num_threads)
     return ONNXRuntime(path, num_threads)

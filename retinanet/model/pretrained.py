@@ -59,10 +59,22 @@ def load_pretrained(source, num_classes=None):
         )
     import retinanet  # noqa: F401  (registers the custom objects)
 
+    check_keras_file(source)
     model = keras.saving.load_model(source, compile=False)
     if num_classes is None or int(num_classes) == model.num_classes:
         return model
     return with_num_classes(model, num_classes)
+
+
+def check_keras_file(path):
+    """Raises ValueError when the `.keras` file at `path` is not a whole zip archive (a copy
+    cut short, a disk that filled up), which Keras would report as "File not found"."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        size = os.path.getsize(path)
+        raise ValueError(f"{path}: not a readable .keras file ({size} bytes, not a complete "
+                         "zip archive: truncated or corrupt)")
 
 
 def with_num_classes(model, num_classes):

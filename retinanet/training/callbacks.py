@@ -95,9 +95,11 @@ class Checkpoints(keras.callbacks.Callback):
         try:
             self.model.save(tmp, overwrite=True)
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as error:
             with contextlib.suppress(OSError):
                 os.remove(tmp)
+            if isinstance(error, OSError):
+                raise _naming(error, path) from None
             raise
 
     def on_epoch_end(self, epoch, logs=None):
@@ -191,7 +193,12 @@ class ResumableBackup(_keras_compat.BackupAndRestoreHooks):
         epoch, batch = self.progress()
         name = f"epoch_{epoch:05d}_batch_{batch:06d}.weights.h5"
         tmp = os.path.join(self.write_dir, f"tmp_{os.getpid()}_{name}")
-        self.model.save_weights(tmp, overwrite=True)
+        try:
+            self.model.save_weights(tmp, overwrite=True)
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise _naming(error, os.path.join(self.write_dir, name)) from None
         os.replace(tmp, os.path.join(self.write_dir, name))
         metadata = {"epoch": epoch, "batch": batch, "weights": name}
         if previous.get("weights") and previous["weights"] != name:
@@ -205,6 +212,12 @@ class ResumableBackup(_keras_compat.BackupAndRestoreHooks):
                     os.remove(os.path.join(self.write_dir, old))
                 except OSError:
                     pass
+
+
+def _naming(error: OSError, path: str) -> OSError:
+    """`error` naming the file being written (Keras and h5py leave it out), e.g. when the
+    disk is full: `[Errno 28] No space left on device: 'run/checkpoints/last.keras'`."""
+    return OSError(error.errno, error.strerror or str(error), path)
 
 
 def _unreadable_weights(path: str):

@@ -288,6 +288,13 @@ def _train(config, workdir: str, *, strategy: str, precision: str, verbose: int,
             # The pipeline shuffles; shuffle=False only tells Keras not to warn that it cannot.
             model.fit(train_data, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks,
                       verbose=verbose, shuffle=False)
+    except OSError as error:  # a full disk or a file size limit, while saving
+        written = os.path.join(write_dir, "backup")
+        saved = rcallbacks.ResumableBackup.saved_epoch(written)
+        safe = (f"the backup of epoch {saved} in {written} is intact: free some space and run "
+                "the same command again to resume" if saved else "no epoch was saved yet")
+        raise OSError(error.errno, f"{error.strerror or error} while writing "
+                                   f"{error.filename or 'a file'}; {safe}") from None
     except KeyboardInterrupt as interrupt:  # Ctrl-C or SIGTERM
         written = os.path.join(write_dir, "backup")
         saved = rcallbacks.ResumableBackup.saved_epoch(written)
