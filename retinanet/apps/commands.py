@@ -205,7 +205,7 @@ def cmd_export():
         # A fixed square canvas that holds the resized images of either resize rule.
         side = round_up(size if isinstance(size, int) else size[1],
                         model.anchor_generator.stride_multiple)
-        kwargs = {"input_size": (side, side)}
+        kwargs = {"input_size": (side, side), "image_size": size}
     else:
         kwargs = {"resize": size}
     if FLAGS.quantization:

@@ -22,7 +22,10 @@ The forms:
   float32, or `"int8"` (ONNX Runtime's static quantisation of the convolutions).
 - `load_exported` (retinanet.export.runtime): runs any of them with
   `predict_on_batch(images)`, as `retinanet.evaluation.evaluate` expects.
-- `export`: one of the above by name, writing into a directory (for the CLI).
+- `export`: one of the above by name, writing into a directory (for the CLI), with
+  `model.json` beside the model: class names, input, resize rule, outputs and their units
+  (`model_description`; docs/CONTRACTS.md). `retinanet.deploy` runs a LiteRT or ONNX export
+  from it with numpy, Pillow and the runtime alone.
 
 Without `resize` the images go into the model as they are (it pads them to a multiple of
 its `anchor_generator.stride_multiple`), so an exported form gives what `model.predict`
@@ -45,8 +48,10 @@ small model (tested against: 1 px and 1e-3 unless said otherwise):
   detections of a trained model overlap the float model's with IoU >= 0.9).
 """
 
+import json
 import os
 
+from retinanet import atomic
 from retinanet.export.litert import QUANTIZATIONS, export_litert
 from retinanet.export.onnx import DEFAULT_ONNX_OPSET, ONNX_QUANTIZATIONS, export_onnx
 from retinanet.export.runtime import load_exported
@@ -86,6 +91,7 @@ def export(
     opset=DEFAULT_ONNX_OPSET,
     class_score_thresholds=None,
     representative_data=None,
+    image_size=None,
 ):
     """Exports `model` in one of `FORMATS` into `output_dir` (the CLI's entry point).
 
@@ -106,6 +112,8 @@ def export(
         class_score_thresholds: saved_model only: a score threshold per class, baked in.
         representative_data: `quantization="int8"` only: calibration images (see
             `export_litert`).
+        image_size: litert only: the resize rule that fits images into `input_size`, for
+            `model.json` (default: the longer side to the input's shorter side).
 
     Returns:
         The path written (the SavedModel directory or the model file), a string.
@@ -134,17 +142,118 @@ def export(
         raise ValueError("`opset` applies to format='onnx' only.")
     if format != "saved_model" and class_score_thresholds is not None:
         raise ValueError("`class_score_thresholds` applies to format='saved_model' only.")
+    if format != "litert" and image_size is not None:
+        raise ValueError("`image_size` applies to format='litert' only (the other formats "
+                         "take `resize`).")
 
     output_dir = os.fspath(output_dir)
     suffix = "" if quantization is None else f"_{quantization}"
     os.makedirs(output_dir, exist_ok=True)
     if format == "saved_model":
-        return export_saved_model(model, output_dir, resize, bytes_signature,
-                                  class_score_thresholds=class_score_thresholds)
-    if format == "litert":
+        written = export_saved_model(model, output_dir, resize, bytes_signature,
+                                     class_score_thresholds=class_score_thresholds)
+    elif format == "litert":
         if input_size is None:
             raise ValueError("`input_size` (height, width) is required for format='litert'.")
         path = os.path.join(output_dir, _LITERT_FILENAME.format(suffix=suffix))
-        return export_litert(model, path, input_size, quantization, representative_data)
-    return export_onnx(model, os.path.join(output_dir, _ONNX_FILENAME.format(suffix=suffix)),
-                       resize, opset, quantization, representative_data)
+        written = export_litert(model, path, input_size, quantization, representative_data)
+    else:
+        written = export_onnx(model, os.path.join(output_dir,
+                                                  _ONNX_FILENAME.format(suffix=suffix)),
+                              resize, opset, quantization, representative_data)
+    if format == "litert":
+        resize = image_size if image_size is not None else int(min(input_size))
+    description = model_description(model, format, written, resize=resize,
+                                    input_size=input_size, quantization=quantization)
+    atomic.write_text(os.path.join(output_dir, "model.json"),
+                      json.dumps(description, indent=2) + "\n")
+    return written
+
+
+def _resize_rule(image_size):
+    if image_size is None:
+        return None
+    if isinstance(image_size, int):
+        return {"rule": "long_side", "size": image_size,
+                "text": f"scale = {image_size} / max(height, width)"}
+    min_side, max_side = image_size
+    return {"rule": "short_side", "min_side": min_side, "max_side": max_side,
+            "text": f"scale = min({min_side} / min(height, width), "
+                    f"{max_side} / max(height, width))"}
+
+
+def model_description(model, format, path, *, resize=None, input_size=None,
+                      quantization=None) -> dict:
+    """What a user of an exported model needs without this package (`model.json`).
+
+    `resize` is the rule the model applies itself (SavedModel, ONNX), or for LiteRT the
+    rule the caller applies before padding to `input_size`.
+
+    Holds the class names, the input (name, dtype, shape, whether the model resizes it
+    itself), the resize rule and padding to apply otherwise (the LiteRT input), the outputs
+    with their shapes and units, and for LiteRT the order of the outputs as the classic
+    interpreter API lists them (its names are `StatefulPartitionedCall:N`).
+    """
+    import retinanet
+
+    names = model.class_names or [str(c) for c in range(model.num_classes)]
+    inside = format != "litert" and resize is not None
+    fixed = format == "litert"
+    units = ("pixels of the model input (the resized, padded canvas): divide by the resize "
+             "scale for the image's pixels" if fixed else "pixels of the input image")
+    detections = int(model.postprocessor.max_detections)
+    description = {
+        "format": format,
+        "file": "." if format == "saved_model" else os.path.basename(path),
+        "signature": SERVING_SIGNATURE,
+        "retinanet_version": retinanet.__version__,
+        "class_names": list(names),
+        "input": {
+            "name": "images", "dtype": "uint8", "channels": "RGB, 0-255",
+            "shape": [1, *input_size, 3] if fixed else [None, None, None, 3],
+            "resized_inside": inside,
+            "size_multiple": int(model.anchor_generator.stride_multiple),
+        },
+        "resize": _resize_rule(resize),
+        "padding": {"sides": "bottom and right", "value": 0,
+                    "to": list(input_size) if fixed else
+                    f"multiples of {model.anchor_generator.stride_multiple} (inside the model)"},
+        "outputs": {
+            "boxes": {"dtype": "float32", "shape": ["batch", detections, 4],
+                      "meaning": "x1, y1, x2, y2, not clipped", "units": units,
+                      "padding": 0},
+            "scores": {"dtype": "float32", "shape": ["batch", detections],
+                       "meaning": "the class's score, best first", "padding": 0},
+            "classes": {"dtype": "int32", "shape": ["batch", detections],
+                        "meaning": "index into class_names", "padding": -1},
+            "num_detections": {"dtype": "int32", "shape": ["batch"],
+                               "meaning": "how many rows of the others are detections"},
+        },
+        "score_threshold": float(model.postprocessor.score_threshold),
+        "max_detections": detections,
+        "quantization": quantization,
+    }
+    if fixed:
+        description["classic_interpreter_output_order"] = _litert_output_order(path)
+    return description
+
+
+def _litert_output_order(path):
+    """The output names in the order of `Interpreter.get_output_details()`, by shape and
+    dtype (boxes are the only rank-3 output, num_detections the only rank-1, classes the
+    int32 rank-2 one)."""
+    import numpy as np
+
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        import tensorflow as tf
+
+        Interpreter = tf.lite.Interpreter
+
+    order = []
+    for detail in Interpreter(model_path=path).get_output_details():
+        rank, integer = len(detail["shape"]), np.issubdtype(detail["dtype"], np.integer)
+        order.append({3: "boxes", 1: "num_detections"}.get(rank)
+                     or ("classes" if integer else "scores"))
+    return order

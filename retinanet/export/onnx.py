@@ -83,7 +83,10 @@ def export_onnx(model, path, resize=None, opset=DEFAULT_ONNX_OPSET, quantization
 
     # No run-time checks: onnxruntime checks the input's rank and dtype itself.
     spec = tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")
-    serve = serving.traced(lambda images: serving.detections(model, images, resize), spec)
+    # Float before any resize: tf2onnx turns TensorFlow's uint8 -> float32 bilinear resize
+    # into an ONNX Resize whose output stays uint8, which onnxruntime then refuses to load.
+    serve = serving.traced(
+        lambda images: serving.detections(model, tf.cast(images, tf.float32), resize), spec)
     if quantization is None:
         tf2onnx.convert.from_function(
             serve, input_signature=[spec], opset=opset, output_path=os.fspath(path))
