@@ -120,6 +120,27 @@ def test_a_truncated_checkpoint_is_named_as_such_not_as_missing(trained, tmp_pat
                     "corrupt)")
 
 
+def test_predict_names_a_truncated_jpeg_without_tensorflows_log_lines(trained, tmp_path):
+    from PIL import Image
+
+    workdir, _ = trained
+    images = tmp_path / "images"
+    images.mkdir()
+    noise = np.random.default_rng(0).integers(0, 256, (128, 128, 3)).astype(np.uint8)
+    Image.fromarray(noise).save(images / "good.jpg")
+    whole = (images / "good.jpg").read_bytes()
+    (images / "bad.jpg").write_bytes(whole[: len(whole) // 2])
+    environment = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run([sys.executable, "-m", "retinanet", "predict",
+                             f"--workdir={workdir}", f"--images={images}",
+                             f"--output={tmp_path / 'out'}"], cwd=ROOT, env=environment,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines and lines[0].startswith("retinanet predict: skipping bad.jpg: corrupt image")
+    assert not [line for line in lines if line.startswith(("E0000", "W0000", "I0000"))]
+
+
 def test_predict_writes_coco_results_and_annotated_images(trained, tmp_path):
     from PIL import Image
 

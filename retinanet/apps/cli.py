@@ -196,6 +196,12 @@ def _main(command, argv):
         import keras
 
         keras.config.disable_traceback_filtering()
+    import retinanet
+
+    if command in ("predict", "export") and retinanet.USER_TF_LOG_LEVEL is None:
+        # Their C++ ERROR lines are noise too: libjpeg's "Premature end of JPEG data" before
+        # the file is named and skipped, the converters' notices about graph attributes.
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     _quiet_tensorflow_import()
     if FLAGS.verbose < 2:
         logging.set_verbosity(logging.WARNING)  # not absl's INFO lines of SavedModel writing
