@@ -114,6 +114,8 @@ def default_config() -> ml_collections.ConfigDict:
         train_split="",  # voc ImageSets/Main/<split>.txt, yolo subfolder, tfds split
         val_split="",
         val_fraction=0.0,  # without `val`: hold out this share of `train` for validation
+        # Train and val may share images (same file or same bytes); off: `train` refuses.
+        allow_overlap=False,
         class_names="",  # comma-separated; "" = from the data
         skip_invalid=False,  # skip and count bad images/boxes instead of stopping
         check_images="header",

@@ -269,7 +269,7 @@ def test_run_doctor_writes_strict_json_markdown_and_plots(tmp_path):
     text = summary_text(report)
     assert "12 images" in text and "\n" not in text
     if report["health"]["too_many_boxes"]["count"]:
-        assert any("max_boxes" in finding for finding in report["findings"])
+        assert any("max_boxes" in error for error in report["errors"])
 
 
 def test_json_ready_makes_strict_json():
@@ -336,7 +336,9 @@ def test_the_doctor_on_a_million_boxes_in_one_image_stays_within_memory(tmp_path
          "--config.data.format=yolo", f"--config.data.train={root}", "--fit_anchors",
          f"--output={tmp_path / 'report'}"],
         capture_output=True, text=True, timeout=600, preexec_fn=cap_memory)
-    assert result.returncode == 0, result.stderr[-2000:]
+    # Exit 1: an image over max_boxes is an error (training would fail on it), not a crash.
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "more boxes than max_boxes=4" in result.stdout
     assert "990000 boxes were not matched to anchors" in result.stdout
     assert "(crowd)" in result.stdout
     report = json.loads((tmp_path / "report" / "report.json").read_text())

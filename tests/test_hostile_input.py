@@ -429,7 +429,7 @@ def test_yolo_yaml_alias_bomb_is_refused(tmp_path):
     text = alias_bomb()
     assert len(text) < 400
     (tmp_path / "data.yaml").write_text(text)
-    with pytest.raises(ValueError, match=r"data\.yaml: cannot read 'names' \(its aliases "
+    with pytest.raises(ValueError, match=r"data\.yaml: cannot be read \(its aliases "
                                          "expand to over"):
         data.from_yolo(tmp_path)
     # Small aliases still load, and a name that is a list is refused.

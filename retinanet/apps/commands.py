@@ -255,14 +255,20 @@ def cmd_doctor():
     from retinanet.training import builders
 
     config.data.skip_invalid = True  # the doctor counts and names bad input instead of stopping
-    dataset = datasets.load_datasets(config, (split,))[split]
+    config.data.allow_overlap = True  # the doctor reports it
+    both = datasets.has_val(config)
+    splits = datasets.load_datasets(config, ("train", "val") if both else (split,))
+    dataset = splits[split]
+    overlap = datasets.split_overlap(splits["train"], splits["val"]) if both else None
     anchor_generator = builders.build_anchor_generator(config)
     print(f"Examining {len(dataset)} {split} images", flush=True)
     report = run_doctor(dataset, anchor_generator,
                         builders.build_label_encoder(config, anchor_generator),
                         rconfig.image_size(config), config.data.max_boxes, output,
-                        fit_anchors=FLAGS.fit_anchors, verbose=FLAGS.verbose)
+                        fit_anchors=FLAGS.fit_anchors, verbose=FLAGS.verbose, overlap=overlap)
     print(summary_text(report), flush=True)
+    if report["errors"]:
+        sys.exit(1)  # warnings alone exit 0
 
 
 # -- config -------------------------------------------------------------------------------

@@ -12,10 +12,10 @@ from retinanet.data.shapes import SHAPE_CLASSES, shapes
 from retinanet.data.tfds import from_tfds
 from retinanet.data.validation import DataWarning, Record
 from retinanet.data.voc import VOC_CLASSES, from_voc
-from retinanet.data.yolo import from_yolo
+from retinanet.data.yolo import from_data_yaml, from_yolo
 
 __all__ = [
     "DataWarning", "DetectionDataset", "EXAMPLE_KEYS", "Record", "SHAPE_CLASSES", "VOC_CLASSES",
-    "from_coco", "from_csv", "from_tfds", "from_voc", "from_yolo", "pipeline", "shapes",
+    "from_coco", "from_csv", "from_data_yaml", "from_tfds", "from_voc", "from_yolo", "pipeline", "shapes",
     "to_keras_cv",
 ]

@@ -17,6 +17,7 @@ kind TOO_LARGE_IMAGE and is never decoded, not even by the fallback decode above
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 from retinanet.data.image_header import (DEFAULT_MAX_IMAGE_PIXELS, ImageTooLargeError,
@@ -149,3 +150,16 @@ def list_images(folder: str):
             if name.lower().endswith(IMAGE_EXTENSIONS):
                 found.append(os.path.relpath(os.path.join(directory, name), folder))
     return sorted(found)
+
+
+def file_digest(path: str, chunk_size: int = 1 << 20) -> str:
+    """The BLAKE2b hex digest of a file's bytes.
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    digest = hashlib.blake2b(digest_size=20)
+    with open(path, "rb") as file:
+        while chunk := file.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -119,21 +119,89 @@ def _bounded_yaml_loader(limit: int = MAX_YAML_EXPANSION):
     return BoundedSafeLoader
 
 
-def _yaml_names(text: str):
+def _yaml_document(text: str) -> dict:
+    """A data.yaml as a dict: PyYAML's bounded SafeLoader, or without PyYAML the top-level
+    `key: value` scalars and `names`."""
     try:
         import yaml
     except ImportError:
-        return parse_yaml_names(text)
+        data = {m.group(1): _scalar(m.group(2)) for m in re.finditer(
+            r"^(\w+)\s*:[ \t]*([^#\n]*?)\s*(?:#.*)?$", text, re.MULTILINE) if m.group(2)}
+        data["names"] = parse_yaml_names(text)
+        return data
     del yaml  # present: parse with the bounded SafeLoader (what yaml.load does, inlined)
     loader = _bounded_yaml_loader()(text)
     try:
         data = loader.get_single_data()
     finally:
         loader.dispose()
-    names = data.get("names") if isinstance(data, dict) else None
+    return data if isinstance(data, dict) else {}
+
+
+def read_data_yaml(path: str) -> dict:
+    """An ultralytics `data.yaml`: `{"root", "train", "val", "names"}`.
+
+    `root` is its `path:` (relative to the file's folder; the folder itself when absent);
+    `train` and `val` are lists of entries (folders of images or .txt lists of image paths,
+    relative to `root`), empty when absent; `names` a list in id order (list or {id: name}
+    form), or None.
+
+    Raises:
+        ValueError: naming the file, when it cannot be read or holds a wrong type.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as file:
+            data = _yaml_document(file.read())
+    except RecursionError:
+        raise ValueError(f"{path}: cannot be read (nested too deeply)") from None
+    except OSError as error:
+        raise ValueError(f"{path}: cannot be read ({error.strerror})") from None
+    except Exception as error:  # noqa: BLE001 - any parse failure names the file
+        raise ValueError(f"{path}: cannot be read ({error})") from None
+    folder = os.path.dirname(os.path.abspath(path))
+    root = data.get("path") or folder
+    if not isinstance(root, str):
+        raise ValueError(f"{path}: 'path' must be a folder, got {root!r}")
+    root = os.path.join(folder, root)
+    entries = {}
+    for split in ("train", "val"):
+        value = data.get(split) or []
+        value = [value] if isinstance(value, str) else value
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"{path}: '{split}' must be a folder, a .txt list of images or a "
+                             f"list of them, got {data.get(split)!r}")
+        entries[split] = [os.path.normpath(os.path.join(root, v)) for v in value]
+    names = data.get("names")
     if isinstance(names, dict):
         names = [names[k] for k in sorted(names)]
-    return names
+    if names is not None and not isinstance(names, list):
+        raise ValueError(f"{path}: 'names' must be a list or an {{id: name}} mapping, got "
+                         f"{type(names).__name__}")
+    if names is not None:
+        names = [_name_as_str(n, i, path) for i, n in enumerate(names)]
+    return {"root": os.path.normpath(root), **entries, "names": names}
+
+
+def label_path(image_path: str) -> str:
+    """Ultralytics' label file of an image: the last `/images/` of its path becomes
+    `/labels/` and the extension `.txt`."""
+    images, labels = f"{os.sep}images{os.sep}", f"{os.sep}labels{os.sep}"
+    head, found, tail = image_path.rpartition(images)
+    swapped = head + labels + tail if found else image_path
+    return os.path.splitext(swapped)[0] + ".txt"
+
+
+def _listed_images(entry: str, source: str):
+    """Image paths of one data.yaml entry: a folder (recursively) or a .txt list."""
+    if os.path.isdir(entry):
+        return [os.path.join(entry, relative) for relative in list_images(entry)]
+    if os.path.isfile(entry) and entry.endswith(".txt"):
+        folder = os.path.dirname(entry)
+        with open(entry, encoding="utf-8") as file:
+            return [os.path.normpath(os.path.join(folder, line.strip()))
+                    for line in file if line.strip()]
+    raise ValueError(f"{source}: {entry} is neither a folder nor a .txt list of images")
 
 
 def _name_as_str(name, index: int, source: str) -> str:
@@ -153,19 +221,9 @@ def _read_class_names(root: str):
         path = os.path.join(root, name)
         if not os.path.isfile(path):
             continue
-        with open(path, encoding="utf-8") as file:
-            text = file.read()
-        try:
-            names = _yaml_names(text)
-        except RecursionError:
-            raise ValueError(f"{path}: cannot read 'names' (nested too deeply)") from None
-        except Exception as error:  # noqa: BLE001 - any parse failure names the file
-            raise ValueError(f"{path}: cannot read 'names' ({error})") from None
+        names = read_data_yaml(path)["names"]
         if names:
-            if not isinstance(names, list):
-                raise ValueError(f"{path}: 'names' must be a list or an {{id: name}} "
-                                 f"mapping, got {type(names).__name__}")
-            return [_name_as_str(n, i, path) for i, n in enumerate(names)], path
+            return names, path
     return None, None
 
 
@@ -210,7 +268,6 @@ def from_yolo(root: str, class_names=None, *, split: str | None = None,
         class_names = validate_class_names(class_names, f"class names in {source}")
     else:
         class_names = validate_class_names(class_names)
-    class_index = {i: i for i in range(len(class_names))}
     problems = Problems(f"from_yolo({root!r})", skip_invalid)
 
     images = list_images(image_dir)
@@ -224,11 +281,60 @@ def from_yolo(root: str, class_names=None, *, split: str | None = None,
                     problems.image(label_file, MISSING_IMAGE,
                                    f"no image {stem}.* under {image_dir}")
 
+    images = [(os.path.splitext(relative)[0], os.path.join(image_dir, relative),
+               os.path.join(label_dir, os.path.splitext(relative)[0] + ".txt"))
+              for relative in images]
+    records = _records(images, class_names, problems, check_images, max_image_pixels)
+    problems.finish(len(records), image_dir)
+    return DetectionDataset(class_names, records, name=f"yolo:{root}",
+                            skipped=problems.counts, clipped=problems.clipped)
+
+
+def from_data_yaml(path: str, split: str = "train", class_names=None, *,
+                   skip_invalid: bool = False, check_images: str = "header",
+                   max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS) -> DetectionDataset:
+    """One split of an ultralytics dataset described by its `data.yaml`.
+
+    The split's entries (`read_data_yaml`: folders of images or .txt lists of image paths)
+    give the images; each image's labels are ultralytics' (`label_path`: its path with the
+    last `/images/` made `/labels/`, extension `.txt`). Image ids are paths relative to the
+    yaml's `path`, without extension.
+
+    Args:
+        path: the data.yaml file.
+        split: "train" or "val".
+        class_names: default the yaml's `names`.
+        skip_invalid, check_images, max_image_pixels: as in `from_yolo`.
+
+    Raises:
+        ValueError naming the file: no such split or names in the yaml, an entry that is
+        not there, and everything `from_yolo` refuses.
+    """
+    path = os.fspath(path)
+    described = read_data_yaml(path)
+    if not described[split]:
+        raise ValueError(f"{path}: no '{split}' images")
+    names = validate_class_names(class_names if class_names is not None else
+                                 described["names"] or [], f"class names in {path}")
+    if not names:
+        raise ValueError(f"{path}: no 'names'; pass class_names")
+    problems = Problems(f"from_data_yaml({path!r}, {split!r})", skip_invalid)
+    images = []
+    for entry in described[split]:
+        for image in _listed_images(entry, path):
+            image_id = os.path.splitext(os.path.relpath(image, described["root"]))[0]
+            images.append((image_id, image, label_path(image)))
+    records = _records(images, names, problems, check_images, max_image_pixels)
+    problems.finish(len(records), path)
+    return DetectionDataset(names, records, name=f"yolo:{path}:{split}",
+                            skipped=problems.counts, clipped=problems.clipped)
+
+
+def _records(images, class_names, problems, check_images, max_image_pixels):
+    """Records of `(image_id, image path, label path)` triples (no label file: no boxes)."""
+    class_index = {i: i for i in range(len(class_names))}
     records = []
-    for relative in images:
-        stem = os.path.splitext(relative)[0]
-        path = os.path.join(image_dir, relative)
-        label_file = os.path.join(label_dir, stem + ".txt")
+    for image_id, path, label_file in images:
         size = check_image(path, path, check_images, problems,
                            max_image_pixels=max_image_pixels)
         if size is None:
@@ -257,8 +363,6 @@ def from_yolo(root: str, class_names=None, *, split: str | None = None,
                 objects.append(RawObject(int(label), yolo_box_to_xyxy(cx, cy, w, h, width,
                                                                       height), where,
                                          shown=f"cx cy w h = {' '.join(fields[1:])}"))
-        records.append(make_record(stem, path, height, width, objects, class_index,
+        records.append(make_record(image_id, path, height, width, objects, class_index,
                                    label_file, problems))
-    problems.finish(len(records), image_dir)
-    return DetectionDataset(class_names, records, name=f"yolo:{root}",
-                            skipped=problems.counts, clipped=problems.clipped)
+    return records

@@ -33,21 +33,48 @@ def _number(value, digits=3):
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def _findings(report) -> list:
-    """Plain-language problems, most serious first."""
+def _errors(report) -> list:
+    """The problems that stop training or corrupt what it learns: label errors, unreadable
+    images, images over max_boxes, validation images that are training images."""
     found = []
-    data, cover = report["health"], report["coverage"]
+    data = report["health"]
+    if data["label_errors"]["count"]:
+        count, named = data["label_errors"]["count"], data["label_errors"]["files"]
+        found.append(f"{count} label errors: " + "; ".join(named[:5])
+                     + (f"; and {count - 5} more (report.md)" if count > 5 else "") + ".")
+    if data["unreadable_images"]["count"]:
+        named = data["unreadable_images"]["files"]
+        found.append(f"{data['unreadable_images']['count']} images cannot be read: "
+                     + "; ".join(named[:5]) + ".")
+    overlap = report.get("overlap") or []
+    if overlap:
+        found.append(f"{len(overlap)} validation images are also training images: "
+                     + "; ".join(f"{a} = {b} ({how})" for a, b, how in overlap[:5])
+                     + " (train refuses this; --config.data.allow_overlap=true allows it).")
     if data["too_many_boxes"]["count"]:
         found.append(f"{data['too_many_boxes']['count']} images have more boxes than "
                      f"max_boxes={data['too_many_boxes']['max_boxes']} (up to "
                      f"{data['too_many_boxes']['most_boxes']}): training fails on them; "
                      f"raise max_boxes to {data['too_many_boxes']['most_boxes']}.")
-    for key, text in (("unreadable_images", "images cannot be read"),
-                      ("duplicate_images", "images are byte-identical copies of others"),
-                      ("degenerate_boxes", "boxes are degenerate (x2 <= x1, y2 <= y1 or not "
-                                           "finite)"),
-                      ("outside_boxes", "boxes lie outside their image"),
-                      ("tiny_boxes", f"boxes are under {data['tiny_boxes']['min_size']:g} px "
+    return found
+
+
+def _findings(report) -> list:
+    """Plain-language warnings (training works, but look), most serious first."""
+    found = []
+    data, cover = report["health"], report["coverage"]
+    if data["duplicate_images"]["count"]:
+        found.append(f"{data['duplicate_images']['count']} images are byte-identical copies "
+                     f"of others: " + "; ".join(data["duplicate_images"]["files"][:5]) + ".")
+    # Boxes a reader skipped are label errors; these are boxes of records made in Python.
+    for key, kinds, text in (
+            ("degenerate_boxes", health.DEGENERATE_KINDS,
+             "boxes are degenerate (x2 <= x1, y2 <= y1 or not finite)"),
+            ("outside_boxes", health.OUTSIDE_KINDS, "boxes lie outside their image")):
+        count = data[key]["count"] - sum(data["skipped"]["boxes"].get(k, 0) for k in kinds)
+        if count:
+            found.append(f"{count} {text}.")
+    for key, text in (("tiny_boxes", f"boxes are under {data['tiny_boxes']['min_size']:g} px "
                                      "wide or high at the training size"),
                       ("empty_images", "images have no boxes")):
         if data[key]["count"]:
@@ -70,8 +97,13 @@ def _findings(report) -> list:
         found.append(f"Anchors not fitted: {report['anchor_fit_skipped']}.")
     fit = report.get("anchor_fit")
     if fit and fit["improved"]:
-        found.append(f"Fitted anchors raise that to {fit['after']['recall']:.1%}: "
-                     f"{fit['command_line']}")
+        before, after = fit["before"], fit["after"]
+        if after["recall"] > before["recall"]:
+            gain = f"raise the recall from {before['recall']:.1%} to {after['recall']:.1%}"
+        else:
+            gain = (f"raise the mean best IoU from {before['mean_best_iou']:.3f} to "
+                    f"{after['mean_best_iou']:.3f} (recall {after['recall']:.1%} either way)")
+        found.append(f"Fitted anchors {gain}: {fit['command_line']}")
     boxes = {name: c["boxes"] for name, c in data["class_balance"].items()}
     absent = [name for name, n in boxes.items() if n == 0]
     if absent:
@@ -95,9 +127,13 @@ def summary_text(report) -> str:
             f"{_percent(cover['recall'])} of the boxes have an anchor at IoU >= "
             f"{cover['positive_iou']:g} ({sizes}), {_percent(cover['recall_low_quality'])} "
             f"with low-quality matches; mean best IoU {_number(cover['mean_best_iou'])}.")
-    findings = report["findings"]
-    text += (f" {len(findings)} findings: " + " ".join(findings)) if findings else \
-        " No problems found."
+    errors, findings = report["errors"], report["findings"]
+    if errors:
+        text += f" {len(errors)} errors: " + " ".join(errors)
+    if findings:
+        text += f" {len(findings)} warnings: " + " ".join(findings)
+    if not errors and not findings:
+        text += " No problems found."
     return text + f" Report in {report['files']['report_md']}."
 
 
@@ -116,12 +152,14 @@ def _stats_rows(groups):
 def report_markdown(report) -> str:
     """`report.md`: the summary, findings, health, coverage, anchor fit and histograms."""
     data, cover = report["health"], report["coverage"]
-    lines = ["# retinanet doctor", "", summary_text(report), "", "## Findings", ""]
+    lines = ["# retinanet doctor", "", summary_text(report), "", "## Errors", ""]
+    lines += [f"- {item}" for item in report["errors"]] or ["- None."]
+    lines += ["", "## Warnings", ""]
     lines += [f"- {item}" for item in report["findings"]] or ["- None."]
     lines += ["", "## Data health", ""]
     rows = []
-    for key in ("unreadable_images", "duplicate_images", "empty_images", "degenerate_boxes",
-                "outside_boxes", "tiny_boxes", "too_many_boxes"):
+    for key in ("label_errors", "unreadable_images", "duplicate_images", "empty_images",
+                "degenerate_boxes", "outside_boxes", "tiny_boxes", "too_many_boxes"):
         names = ", ".join(f"`{name}`" for name in data[key]["files"])
         more = data[key]["count"] - len(data[key]["files"]) if key != "tiny_boxes" else 0
         rows.append([key.replace("_", " "), data[key]["count"],
@@ -162,7 +200,8 @@ def report_markdown(report) -> str:
 
 
 def run_doctor(dataset, anchor_generator, label_encoder, image_size, max_boxes, output_dir,
-               fit_anchors=False, verbose=1, max_anchors_per_location=None) -> dict:
+               fit_anchors=False, verbose=1, max_anchors_per_location=None,
+               overlap=None) -> dict:
     """Checks a dataset and the anchors against it; writes the report files.
 
     Args:
@@ -176,12 +215,17 @@ def run_doctor(dataset, anchor_generator, label_encoder, image_size, max_boxes, 
         fit_anchors: also search better anchors (`fitting.fit_anchors`).
         verbose: 0 silent, 1 a progress bar per pass over the images.
         max_anchors_per_location: passed to `fitting.fit_anchors`.
+        overlap: optional `retinanet.data.overlap.overlapping_images` of this dataset and
+            the other split, reported as an error.
 
     Returns:
         The report dict (as written to `report.json`): `dataset` (name, num_images,
         num_classes, class_names), `settings` (image_size, max_boxes, anchors, matching),
         `health` (`health.data_health`), `coverage` (`anchor_coverage`'s summary),
-        `anchor_fit` (`fitting.fit_anchors`'s dict, or None), `findings` (list of str)
+        `anchor_fit` (`fitting.fit_anchors`'s dict, or None), `overlap`, `errors` (what
+        stops training or corrupts it: label errors with file, line and cause, unreadable
+        images, too many boxes, validation images that are training images) and
+        `findings` (warnings), lists of str,
         and `files` (paths of report_md, report_json and plots, inside output_dir).
     """
     import keras
@@ -233,10 +277,12 @@ def run_doctor(dataset, anchor_generator, label_encoder, image_size, max_boxes, 
         "coverage": coverage.summary,
         "anchor_fit": anchor_fit,
         "anchor_fit_skipped": fit_skipped,
+        "overlap": [list(pair) for pair in overlap or []],
         "files": {"report_md": os.path.join(output_dir, REPORT_MD),
                   "report_json": os.path.join(output_dir, REPORT_JSON),
                   "plots": plot_files},
     }
+    report["errors"] = _errors(report)
     report["findings"] = _findings(report)
     report = atomic.json_ready(report)
     markdown = report_markdown({**report, "files": {

@@ -11,11 +11,11 @@ Duplicates are files with the same bytes (BLAKE2 hash); images held in memory or
 from __future__ import annotations
 
 import collections
-import hashlib
 
 import numpy as np
 
 from retinanet.data import image_files, validation
+from retinanet.data.image_files import file_digest
 from retinanet.diagnostics.scaling import scaled_boxes
 
 MAX_NAMES = 20  # file names listed per problem; the count is always the total
@@ -24,6 +24,9 @@ UNREADABLE_KINDS = (image_files.MISSING_IMAGE, image_files.CORRUPT_IMAGE,
                     image_files.TOO_LARGE_IMAGE)
 DEGENERATE_KINDS = (validation.EMPTY_BOX, validation.NON_FINITE_BOX)
 OUTSIDE_KINDS = (validation.OUTSIDE_BOX,)
+# Box problems the readers skip: each is a wrong line in a label file.
+LABEL_ERROR_KINDS = (validation.UNPARSABLE, validation.UNKNOWN_CLASS, *DEGENERATE_KINDS,
+                     *OUTSIDE_KINDS)
 
 
 def _named(count, names, max_names=MAX_NAMES, **extra) -> dict:
@@ -33,19 +36,6 @@ def _named(count, names, max_names=MAX_NAMES, **extra) -> dict:
 
 def _record_name(record) -> str:
     return record.path or record.image_id
-
-
-def file_digest(path: str, chunk_size: int = 1 << 20) -> str:
-    """The BLAKE2b hex digest of a file's bytes.
-
-    Raises:
-        OSError: the file cannot be read.
-    """
-    digest = hashlib.blake2b(digest_size=20)
-    with open(path, "rb") as file:
-        while chunk := file.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _skipped(dataset, kinds, section):
@@ -133,15 +123,20 @@ def data_health(dataset, image_size, max_boxes, *, tiny_box_size=TINY_BOX_SIZE,
         class_balance[name] = {"boxes": int(mask.sum()),
                                "images": int(np.unique(scaled.image_index[mask]).size)}
 
+    files = getattr(dataset.skipped, "files", {}) or {}
+    label_errors = [f"{name} ({kind})" for kind in LABEL_ERROR_KINDS
+                    for name in files.get(kind, [])]
     skipped = dataset.skipped or {}
     return {
+        "label_errors": _named(sum(skipped.get("boxes", {}).get(kind, 0)
+                                   for kind in LABEL_ERROR_KINDS), label_errors, max_names),
         "num_images": len(records),
         "num_boxes": len(scaled),
         "skipped": {"images": dict(skipped.get("images", {})),
                     "boxes": dict(skipped.get("boxes", {}))},
         "unreadable_images": _named(unreadable_count, unreadable, max_names),
         "duplicate_images": _named(sum(len(g) - 1 for g in groups),
-                                   [p for g in groups for p in g[1:]], max_names,
+                                   [" = ".join(g) for g in groups], max_names,
                                    num_groups=len(groups), groups=groups[:max_names]),
         "num_not_hashed": not_hashed,
         "empty_images": _named(len(empty), empty, max_names),

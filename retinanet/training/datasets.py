@@ -21,6 +21,27 @@ def _require_path(config, field: str, kind: str):
     return path
 
 
+def _data_yaml(config, split: str):
+    """The ultralytics data.yaml that gives `split`, or None: `data.<split>` when it names
+    one, and for val without a val path the train path's yaml when it lists val images."""
+    from retinanet.data.yolo import read_data_yaml
+
+    d = config.data
+    if d.format != "yolo":
+        return None
+    field = split if d[split] or split == "train" else "train"
+    source = d[field]
+    if not source.endswith((".yaml", ".yml")):
+        return None
+    if not os.path.isfile(source):
+        raise ConfigError(f"config.data.{field}: file not found: {source}")
+    if field != split:
+        with config_section(f"config.data.{field}"):
+            if not read_data_yaml(source)["val"]:
+                return None
+    return source
+
+
 def _read(config, split: str, names=None):
     """One split ("train" or "val") of a file or TFDS format as a DetectionDataset."""
     from retinanet import data as rdata
@@ -47,6 +68,9 @@ def _read(config, split: str, names=None):
         image_dir = _require_path(config, f"{split}_images", "dir") \
             if d[f"{split}_images"] else None
         return rdata.from_csv(path, image_dir, class_names=names, **common)
+    data_yaml = _data_yaml(config, split)
+    if data_yaml:
+        return rdata.from_data_yaml(data_yaml, split, class_names=names, **common)
     folder = _require_path(config, split, "dir")
     if fmt == "voc":
         return rdata.from_voc(folder, split_name, class_names=names, **common)
@@ -84,6 +108,12 @@ def _hold_out(config, train):
             subset(order[:num_val], f"{train.name}[val {fraction:g}]"))
 
 
+def has_val(config) -> bool:
+    """Whether the config names a val split of its own (a path, or a data.yaml's val)."""
+    return config.data.format != "shapes" and (
+        bool(config.data.val) or _data_yaml(config, "val") is not None)
+
+
 def load_datasets(config, splits=("train", "val")) -> dict:
     """The configured DetectionDatasets, `{"train": ..., "val": ...}` for the splits asked.
 
@@ -95,11 +125,12 @@ def load_datasets(config, splits=("train", "val")) -> dict:
     if d.format == "shapes":
         return {split: _shapes(config, split) for split in splits}
     train = val = None
-    if "train" in splits or not d.val:
+    separate = has_val(config)
+    if "train" in splits or not separate:
         train = _read(config, "train", class_names(config))
-        if not d.val and d.val_fraction > 0:
+        if not separate and d.val_fraction > 0:
             train, val = _hold_out(config, train)
-        elif not d.val:
+        elif not separate:
             if "val" in splits:
                 warnings.warn("config.data.val is empty and val_fraction is 0: the val split "
                               "is the training images", stacklevel=2)
@@ -109,8 +140,31 @@ def load_datasets(config, splits=("train", "val")) -> dict:
         if train is not None and val.class_names != train.class_names:
             raise ConfigError(f"config.data.val: its classes {val.class_names} differ from "
                               f"the train split's {train.class_names}")
+        if train is not None and not d.allow_overlap:
+            check_disjoint(train, val)
     return {name: dataset for name, dataset in (("train", train), ("val", val))
             if name in splits}
+
+
+def split_overlap(train, val) -> list:
+    """`retinanet.data.overlap.overlapping_images` of two read splits ([] if streamed)."""
+    from retinanet.data.overlap import overlapping_images
+
+    if train.streamed or val.streamed:
+        return []
+    return overlapping_images(train.records, val.records)
+
+
+def check_disjoint(train, val):
+    """Raises ConfigError when the val split holds training images (files or bytes)."""
+    pairs = split_overlap(train, val)
+    if pairs:
+        shown = "; ".join(f"{a} = {b} ({how})" for a, b, how in pairs[:3])
+        raise ConfigError(
+            f"config.data.val: {len(pairs)} of its {len(val)} images are also training images "
+            f"({shown}{'; ...' if len(pairs) > 3 else ''}): validating on them overstates "
+            "the metrics. Give disjoint splits (train_split/val_split, or data.yaml's train "
+            "and val), or --config.data.allow_overlap=true")
 
 
 def train_pipeline(config, dataset, seed=None):
