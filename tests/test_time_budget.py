@@ -113,12 +113,15 @@ def test_budget_stops_training_evaluates_and_reports(tmp_path):
         config.train.learning_rate * config.train.cosine_alpha, rel=1e-4)
 
 
-def test_moving_average_is_the_final_model_when_the_budget_stops_the_run(tmp_path):
+def test_moving_average_is_the_final_model_when_the_budget_stops_the_run(tmp_path,
+                                                                         monkeypatch):
     import keras
     import numpy as np
 
+    from retinanet.training.callbacks import ResumableBackup
     from retinanet.training.trainer import train
 
+    monkeypatch.setattr(ResumableBackup, "close", classmethod(lambda cls, path: None))
     config = tiny_budget_config(0.5)
     config.train.ema_momentum = 0.9
     out = train(config, str(tmp_path), verbose=0, clock=TickClock())
@@ -186,3 +189,51 @@ def test_budget_is_checked(tmp_path):
     with pytest.raises(ConfigError, match="reference"):
         train(config, str(tmp_path), verbose=0)
 
+
+
+def test_a_budget_run_says_what_a_user_needs(tmp_path, capsys):
+    """Steps and time left instead of "Epoch 3/1000000", the operating point first in the
+    summary, best.keras without evaluations between epochs, a CSV without empty columns,
+    and no backup weights once the run has finished."""
+    import csv
+
+    from retinanet.training.trainer import train
+
+    train(tiny_budget_config(0.5), str(tmp_path), verbose=1, clock=TickClock())
+    out = capsys.readouterr().out
+    assert "/1000000" not in out
+    budget = metrics(tmp_path)["time_budget"]
+    progress = [line for line in out.splitlines() if line.startswith("step ")]
+    assert progress and progress[-1].startswith(
+        f"step {budget['steps_done']} of {budget['planned_steps']} planned, ")
+    assert "min spent, about" in progress[0] and "min left; loss " in progress[0]
+    lines = out.splitlines()
+    first_ap = next(i for i, line in enumerate(lines) if line.startswith("AP "))
+    analysis = json.loads((tmp_path / "analysis.json").read_text())
+    has_point = any(entry["threshold"] is not None for entry in analysis["per_class"].values())
+    # (An untrained tiny model may have no curve; `operating_point` is tested on its own.)
+    assert lines[first_ap - 1].startswith("Operating point") == has_point
+    best = json.loads((tmp_path / "checkpoints" / "best.json").read_text())
+    assert (tmp_path / "checkpoints" / "best.keras").is_file()
+    assert best["val_AP"] == pytest.approx(metrics(tmp_path)["coco"]["AP"])
+    with open(tmp_path / "training_log.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    empty = [column for column in rows[0] if all(row[column] == "NA" for row in rows)]
+    assert rows and not empty
+    assert not list((tmp_path / "backup").glob("*.weights.h5"))
+    assert json.loads((tmp_path / "backup" / "training_metadata.json").read_text())[
+        "finished"]
+
+
+def test_operating_point_leads_with_the_best_f1_threshold():
+    from retinanet.training.trainer import operating_point
+
+    one = {"per_class": {"raccoon": {"threshold": 0.41, "precision": 0.857, "recall": 0.9}}}
+    assert operating_point(one).startswith(
+        "Operating point (best F1 at IoU 0.5): score >= 0.410 gives precision 0.857, recall "
+        "0.900 (raccoon)")
+    two = {"per_class": {"a": {"threshold": 0.3, "precision": 0.8, "recall": 0.6},
+                         "b": {"threshold": 0.5, "precision": 0.6, "recall": 0.8},
+                         "c": {"threshold": None, "precision": None, "recall": None}}}
+    assert "mean precision 0.700, mean recall 0.700 over 2 classes" in operating_point(two)
+    assert operating_point({"per_class": {}}) == ""

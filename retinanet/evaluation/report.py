@@ -94,7 +94,11 @@ def format_table(results: dict) -> str:
     rows = per_class_rows(results)
     if rows:
         columns = list(rows[0])
-        lines += ["## Per class", ""]
+        lines += ["## Per class", "",
+                  "`precision` and `recall` count every detection the model keeps (score at "
+                  "least its decoder's threshold, 0.05 by default, as COCO AP needs); the "
+                  "operating point to deploy at is each class's best-F1 threshold "
+                  "(analysis.md).", ""]
         lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         for row in rows:
             lines.append("| " + " | ".join(_cell(row[c]) for c in columns) + " |")

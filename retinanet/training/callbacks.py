@@ -9,6 +9,8 @@ version or at its new one, never half written.
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import math
 import os
 import tempfile
@@ -16,7 +18,7 @@ import tempfile
 import keras
 
 from retinanet import _keras_compat
-from retinanet.atomic import read_json, write_json
+from retinanet.atomic import read_json, write_json, write_text
 
 
 class StepLogger(keras.callbacks.Callback):
@@ -33,6 +35,43 @@ class StepLogger(keras.callbacks.Callback):
         logs["step"] = int(optimizer.iterations.numpy())
         rate = optimizer.learning_rate
         logs["learning_rate"] = float(keras.ops.convert_to_numpy(rate))
+
+
+class TrainingLog(keras.callbacks.Callback):
+    """`training_log.csv`: one row per epoch, a column per value logged in any epoch.
+
+    Unlike `keras.callbacks.CSVLogger`, whose columns are fixed at the first epoch (it then
+    adds a `val_` twin of every column, all NA without validation, and never shows a
+    `val_AP` that first appears at a later evaluation), the columns grow with what is
+    logged and hold no column that is empty in every row; a value an epoch did not log is
+    `NA`. The file is rewritten whole (atomically) at each epoch end, keeping the rows
+    already in it (a resumed run's earlier epochs).
+    """
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+        self.rows = []
+
+    def on_train_begin(self, logs=None):
+        self.rows = []
+        if os.path.isfile(self.path):
+            with open(self.path, newline="", encoding="utf-8") as file:
+                self.rows = [{key: value for key, value in row.items() if value != "NA"}
+                             for row in csv.DictReader(file)]
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {"epoch": epoch}
+        for key, value in (logs or {}).items():
+            value = keras.ops.convert_to_numpy(value)
+            row[key] = value.item() if getattr(value, "ndim", 1) == 0 else value
+        self.rows.append(row)
+        columns = ["epoch"] + sorted({key for r in self.rows for key in r} - {"epoch"})
+        text = io.StringIO()
+        writer = csv.DictWriter(text, columns, restval="NA", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        write_text(self.path, text.getvalue())
 
 
 class SwapMovingAverage(keras.callbacks.Callback):
@@ -87,13 +126,21 @@ class Checkpoints(keras.callbacks.Callback):
             return True
         return value > self.best if self.mode == "max" else value < self.best
 
-    def _save(self, path: str):
+    def keep_as_best(self, model, value, epoch: int):
+        """Saves `model` as `best.keras` with its `monitor` value (a run that evaluated only
+        at its end: its final model is the best known)."""
+        os.makedirs(self.directory, exist_ok=True)
+        self._save(self.best_path, model)
+        self.best, self.best_epoch = value, int(epoch)
+        write_json(self.state_path, {self.monitor: value, "epoch": int(epoch)})
+
+    def _save(self, path: str, model=None):
         # A unique temporary name (save() wants the .keras suffix), renamed over the target.
         descriptor, tmp = tempfile.mkstemp(prefix=os.path.basename(path)[:-6] + ".",
                                            suffix=".tmp.keras", dir=self.directory)
         os.close(descriptor)
         try:
-            self.model.save(tmp, overwrite=True)
+            (model or self.model).save(tmp, overwrite=True)
             os.replace(tmp, path)
         except BaseException as error:
             with contextlib.suppress(OSError):
@@ -154,6 +201,8 @@ class ResumableBackup(_keras_compat.BackupAndRestoreHooks):
             ValueError: the folder has backups and none of them reads.
         """
         metadata = read_json(os.path.join(backup_dir, cls.METADATA)) or {}
+        if metadata.get("finished"):  # `close`d: nothing to load, the epochs are done
+            return int(metadata.get("epoch", 0)), None, []
         skipped = []
         for name, epoch in ((metadata.get("weights"), metadata.get("epoch", 0)),
                             (metadata.get("previous_weights"), metadata.get("previous_epoch", 0))):
@@ -167,6 +216,21 @@ class ResumableBackup(_keras_compat.BackupAndRestoreHooks):
             raise ValueError(f"{backup_dir}: no backup loads ({'; '.join(skipped)}); delete "
                              "the folder to start over")
         return 0, None, skipped
+
+    @classmethod
+    def close(cls, backup_dir: str):
+        """After a run finished cleanly: deletes the weights files (the checkpoints hold the
+        model) and marks the metadata finished, so that a rerun of the same command knows
+        the epochs are done."""
+        path = os.path.join(backup_dir, cls.METADATA)
+        metadata = read_json(path)
+        if not metadata:
+            return
+        write_json(path, {"epoch": metadata.get("epoch", 0), "finished": True})
+        for name in os.listdir(backup_dir):
+            if name.endswith(".weights.h5"):
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(backup_dir, name))
 
     def restore(self):
         """Loads the backup `restorable` names; its epoch becomes fit's initial epoch."""

@@ -203,13 +203,21 @@ def _train(config, workdir: str, *, strategy: str, precision: str, verbose: int,
         write_dir = tempfile.mkdtemp(prefix=f"retinanet-worker{task_id}-")
     steps = datasets.steps_per_epoch(config, len(train_set))
     backup_dir = os.path.join(workdir, "backup")
-    initial_epoch, _, skipped = rcallbacks.ResumableBackup.restorable(backup_dir)
+    initial_epoch, restored, skipped = rcallbacks.ResumableBackup.restorable(backup_dir)
     for problem in skipped:
         print(f"warning: the backup {problem}; resuming from the backup of epoch "
               f"{initial_epoch} instead", file=sys.stderr, flush=True)
     budget = rbudget.for_run(config, steps, backup_dir, os.path.join(write_dir, "backup"),
-                             clock=clock, started_at=started_at, multi_worker=multi_worker)
+                             clock=clock, started_at=started_at, multi_worker=multi_worker,
+                             verbose=verbose)
     epochs = budget.epochs(initial_epoch) if budget else config.train.epochs
+    # A run that finished cleanly kept its checkpoints, not its backup's weights.
+    finished = bool(initial_epoch) and restored is None
+    if finished and epochs > initial_epoch:
+        raise UsageError(
+            f"--workdir={workdir}: this run finished after {initial_epoch} epochs and "
+            f"cleared its backup; to train further, start a new workdir from its weights "
+            f"(--config.model.init_from={os.path.join(workdir, 'checkpoints', 'last.keras')})")
     csv_path = os.path.join(write_dir, "training_log.csv")
     if initial_epoch:
         print(f"Resuming from the backup in {backup_dir}: {initial_epoch} of {epochs} epochs "
@@ -259,6 +267,7 @@ def _train(config, workdir: str, *, strategy: str, precision: str, verbose: int,
         print(budget.describe(), flush=True)
 
     checkpoint_dir = os.path.join(write_dir, "checkpoints")
+    checkpoints = rcallbacks.Checkpoints(checkpoint_dir, monitor="val_AP", mode="max")
     averaged = bool(config.train.ema_momentum)
     callbacks = [rcallbacks.SwapMovingAverage()] if averaged else []
     every = config.train.eval_every_n_epochs
@@ -275,8 +284,8 @@ def _train(config, workdir: str, *, strategy: str, precision: str, verbose: int,
         # Raises at the first non-finite loss, before any callback saves the broken weights.
         rcallbacks.NonFiniteLossGuard(),
         rcallbacks.StepLogger(),
-        rcallbacks.Checkpoints(checkpoint_dir, monitor="val_AP", mode="max"),
-        keras.callbacks.CSVLogger(csv_path, append=True),
+        checkpoints,
+        rcallbacks.TrainingLog(csv_path),
         *_tensorboard(os.path.join(write_dir, "logs")),
         *([budget] if budget else []),
         *([rcallbacks.SwapMovingAverage()] if averaged else []),  # the trained weights back
@@ -286,8 +295,11 @@ def _train(config, workdir: str, *, strategy: str, precision: str, verbose: int,
     try:
         with _sigterm_interrupts():
             # The pipeline shuffles; shuffle=False only tells Keras not to warn that it cannot.
-            model.fit(train_data, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks,
-                      verbose=verbose, shuffle=False)
+            # Under a time budget, the budget's own line per epoch replaces Keras's progress
+            # ("Epoch 23/1000000" says nothing).
+            if not finished:
+                model.fit(train_data, epochs=epochs, steps_per_epoch=steps,
+                          callbacks=callbacks, verbose=0 if budget else verbose, shuffle=False)
     except OSError as error:  # a full disk or a file size limit, while saving
         written = os.path.join(write_dir, "backup")
         saved = rcallbacks.ResumableBackup.saved_epoch(written)
@@ -312,13 +324,17 @@ def _train(config, workdir: str, *, strategy: str, precision: str, verbose: int,
     # The final evaluation runs on the chief alone, outside the strategy: under
     # multi-worker, predicting on the distributed model would wait for the other workers.
     last = os.path.join(checkpoint_dir, "last.keras")
-    eval_model = keras.saving.load_model(last) if multi_worker else model
+    eval_model = keras.saving.load_model(last) if multi_worker or finished else model
     print(f"Evaluating on {len(val_set)} validation images", flush=True)
     evaluation_started = clock()
     results = evaluate_and_report(eval_model, config, val_data, workdir, class_names,
                                   category_ids, verbose)
     if budget:
         rbudget.report(budget, workdir, evaluation_s=clock() - evaluation_started)
+    if not os.path.isfile(os.path.join(checkpoint_dir, "best.keras")):
+        # No evaluation between epochs: the final one makes the last model the best known.
+        checkpoints.keep_as_best(eval_model, results["coco"].get("AP"), epochs)
+    rcallbacks.ResumableBackup.close(backup_dir)
     return {"model": eval_model, "results": results, "class_names": class_names,
             "val_dataset": val_set, "val_data": val_data}
 
@@ -388,8 +404,32 @@ def evaluate_and_report(model, config, batches, output_dir: str, class_names, ca
 
 
 def summary(results, output_dir):
-    """Prints the headline metrics in one line."""
+    """Prints the operating point, then the headline metrics, one line each."""
+    point = operating_point(results.get("analysis"))
+    if point:
+        print(point, flush=True)
     coco, voc = results.get("coco", {}), results.get("voc", {})
     print(f"AP {coco.get('AP', float('nan')):.3f}  AP50 {coco.get('AP50', float('nan')):.3f}  "
           f"AP75 {coco.get('AP75', float('nan')):.3f}  VOC mAP {voc.get('mAP', float('nan')):.3f}"
+          " (over every detection with a score of at least the decoder's threshold)"
           f"  -> {os.path.join(output_dir, 'metrics.json')}", flush=True)
+
+
+def operating_point(analysis) -> str:
+    """"Operating point: ..." from the error analysis's best-F1 thresholds ("" without)."""
+    per_class = {name: entry for name, entry in ((analysis or {}).get("per_class") or {}).items()
+                 if entry.get("threshold") is not None}
+    if not per_class:
+        return ""
+    hint = ("deploy at it: `retinanet export --per_class_thresholds=best_f1`; per class in "
+            "analysis.md")
+    if len(per_class) == 1:
+        ((name, entry),) = per_class.items()
+        return (f"Operating point (best F1 at IoU 0.5): score >= {entry['threshold']:.3f} gives "
+                f"precision {entry['precision']:.3f}, recall {entry['recall']:.3f} ({name}); "
+                + hint)
+    mean = {key: sum(e[key] for e in per_class.values()) / len(per_class)
+            for key in ("precision", "recall")}
+    return (f"Operating point (each class at its best-F1 threshold, IoU 0.5): mean precision "
+            f"{mean['precision']:.3f}, mean recall {mean['recall']:.3f} over "
+            f"{len(per_class)} classes; " + hint)
