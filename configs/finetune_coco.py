@@ -45,7 +45,9 @@ def get_config():
     config.model.init_from = "retinanet_resnet50_fpn_coco"
     config.model.frozen_batchnorm = True
     config.model.frozen_early_stages = True
-    # The default decoding is torchvision's: score_thresh 0.05, nms_thresh 0.5.
+    # torchvision's decoding: score_thresh 0.05 and nms_thresh 0.5 (the defaults), and up to
+    # 300 detections per image.
+    config.model.postprocess.max_detections = 300
 
     data.own_data(config)
     data.short_side_resize(config, min_side=800, max_side=1333)

@@ -34,6 +34,10 @@ class AnchorGenerator:
     half-to-even to a whole pixel, as `torchvision.models.detection.anchor_utils.
     AnchorGenerator.generate_anchors` does in float32. Its anchor order (ratio major, scale
     minor) is the same as ours. The torchvision RetinaNets of `RetinaNet.from_preset` need it.
+    torchvision pads images to a multiple of 32 only (`stride_multiple`), and the stride of
+    each level is then `image side // grid side` per axis, which is `2**l` on a canvas that
+    is a multiple of `2**l` but not above (an 800 x 1088 canvas gives P7 a 7 x 9 grid with
+    strides 114 and 120); this convention does the same.
 
     Args:
         min_level, max_level: the pyramid levels, inclusive.
@@ -84,8 +88,9 @@ class AnchorGenerator:
 
     @property
     def stride_multiple(self):
-        """Image sides must be multiples of this for every level to tile exactly."""
-        return 2**self.max_level
+        """Canvas sides are padded to multiples of this: `2**max_level`, so that every level
+        tiles the image exactly; 32 in the torchvision convention (its `size_divisible`)."""
+        return 32 if self.convention == "torchvision" else 2**self.max_level
 
     def _anchor_shapes(self, level):
         """[num_anchors_per_location, 2] (width, height), ordered ratio-major."""
@@ -116,12 +121,17 @@ class AnchorGenerator:
         """A list of `[H_l * W_l * num_anchors_per_location, 4]` xyxy tensors, one per level."""
         result = []
         for level in self.levels:
-            stride = float(2**level)
             rows = self.feature_size(height, level)
             cols = self.feature_size(width, level)
-            offset = 0.0 if self.convention == "torchvision" else 0.5
-            centers_y = (tf.cast(tf.range(rows), tf.float32) + offset) * stride
-            centers_x = (tf.cast(tf.range(cols), tf.float32) + offset) * stride
+            if self.convention == "torchvision":
+                offset = 0.0
+                stride_y = tf.cast(height // rows, tf.float32)
+                stride_x = tf.cast(width // cols, tf.float32)
+            else:
+                offset, stride_y = 0.5, float(2**level)
+                stride_x = stride_y
+            centers_y = (tf.cast(tf.range(rows), tf.float32) + offset) * stride_y
+            centers_x = (tf.cast(tf.range(cols), tf.float32) + offset) * stride_x
             grid_y, grid_x = tf.meshgrid(centers_y, centers_x, indexing="ij")
             # [rows, cols, 1, 2] centres against [num_anchors, 2] half sizes.
             centers = tf.stack([grid_x, grid_y], axis=-1)[:, :, None, :]

@@ -212,11 +212,12 @@ def test_debug_anchors_reports_matches_and_draws_them(tmp_path):
 
 
 def test_doctor_writes_its_report_and_fitted_anchors(tmp_path):
+    # 20 images of 1-3 shapes: enough boxes for the fit (fitting.MIN_FIT_BOXES).
     result = cli("doctor", f"--config={TINY}", f"--output={tmp_path}", "--fit_anchors",
-                 "--config.data.shapes.num_train=6", "--verbose=0")
+                 "--config.data.shapes.num_train=20", "--verbose=0")
     report = json.loads((tmp_path / "report.json").read_text(),
                         parse_constant=lambda name: pytest.fail(f"{name} in report.json"))
-    assert report["dataset"]["num_images"] == 6
+    assert report["dataset"]["num_images"] == 20
     assert report["anchor_fit"]["after"]["recall"] >= report["anchor_fit"]["before"]["recall"]
     assert "--config.model.anchors." in result.stdout
     assert (tmp_path / "report.md").is_file() and len(list(tmp_path.glob("*.png"))) == 2

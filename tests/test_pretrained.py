@@ -143,6 +143,15 @@ def converted(keras_hub_presets):
     }
 
 
+@pytest.fixture(scope="module")
+def keras_hub_exact(keras_hub_presets):
+    """The conversion without torchvision's rules: keras-hub's model, to the last weight."""
+    from retinanet.model import presets
+
+    return {architecture: presets.from_keras_hub(detector, torchvision_rules=False)
+            for architecture, (detector, _) in keras_hub_presets.items()}
+
+
 def _images(count=2, seed=0):
     return np.random.default_rng(seed).uniform(0, 255, (count, SIZE, SIZE, 3)).astype("float32")
 
@@ -164,6 +173,14 @@ def test_architecture_follows_the_preset(converted, architecture):
     assert model.classification_head.use_group_norm == (architecture == "v2")
     assert model.anchor_generator.convention == "torchvision"
     assert model.num_classes == 91 and model.class_names[1] == "person"
+    # torchvision's rules, where keras-hub's port differs (its P6/P7 pad "same", its
+    # GroupNorm epsilon is 1e-3) or the package's defaults do (100 detections).
+    assert model.fpn.extra_padding == "symmetric"
+    assert model.anchor_generator.stride_multiple == 32
+    assert model.postprocessor.max_detections == 300
+    if architecture == "v2":
+        assert model.classification_head.group_norm_epsilon == 1e-5
+        assert model.classification_head.norms[0].epsilon == 1e-5
     normalisation = model.backbone.get_layer("torchvision_normalization")
     np.testing.assert_allclose(normalisation.mean, MEAN, rtol=1e-6)
     np.testing.assert_allclose(normalisation.std, STD, rtol=1e-6)
@@ -172,9 +189,9 @@ def test_architecture_follows_the_preset(converted, architecture):
 # Slow: the module fixtures build, save and convert two ResNet50 RetinaNets (~30 s).
 @pytest.mark.slow
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
-def test_raw_outputs_match_keras_hub(keras_hub_presets, converted, architecture):
+def test_raw_outputs_match_keras_hub(keras_hub_presets, keras_hub_exact, architecture):
     detector, _ = keras_hub_presets[architecture]
-    model = converted[architecture]
+    model = keras_hub_exact[architecture]
     images = _images()
     ours = model(images)
     theirs = detector(_normalise(images))
@@ -194,7 +211,7 @@ def test_raw_outputs_match_keras_hub(keras_hub_presets, converted, architecture)
 # Slow: the module fixtures build, save and convert two ResNet50 RetinaNets (~30 s).
 @pytest.mark.slow
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
-def test_predict_matches_keras_hub(keras_hub_presets, converted, architecture):
+def test_predict_matches_keras_hub(keras_hub_presets, keras_hub_exact, architecture):
     """Same detections from both decoders at score threshold 0 and the same NMS settings.
 
     Differences by design, bridged here: keras-hub's decoder neither clamps dw, dh at
@@ -207,7 +224,7 @@ def test_predict_matches_keras_hub(keras_hub_presets, converted, architecture):
     from keras_hub.src.layers.modeling.non_max_supression import NonMaxSuppression
 
     detector, _ = keras_hub_presets[architecture]
-    model = converted[architecture]
+    model = keras_hub_exact[architecture]
     max_detections = 20
     images = _images(seed=1)
     logits = model(images)["cls_logits"].numpy()
@@ -312,3 +329,50 @@ def test_torchvision_resnet50_backbone_layout():
     assert features.get_layer("stack1_block0_1_conv").trainable
     with pytest.raises(ValueError, match="imagenet"):
         build_backbone("torchvision_resnet50", weights="imagenet")
+
+
+def _conv3x3_stride2(x, kernel, pad_before, pad_after):
+    """Hand-written 3x3 stride-2 conv of `x` [H, W, C] with `kernel` [3, 3, C, F]."""
+    padded = np.pad(x, [(pad_before, pad_after), (pad_before, pad_after), (0, 0)])
+    rows = (padded.shape[0] - 3) // 2 + 1
+    cols = (padded.shape[1] - 3) // 2 + 1
+    return np.array([[np.tensordot(padded[2 * r:2 * r + 3, 2 * c:2 * c + 3], kernel, 3)
+                      for c in range(cols)] for r in range(rows)])
+
+
+@pytest.mark.parametrize("extra_padding, pad_before, pad_after",
+                         [("symmetric", 1, 1), ("same", 0, 1)])
+def test_p6_and_p7_pad_as_torchvision_or_as_keras(extra_padding, pad_before, pad_after):
+    """On the even inputs P6 gets, "same" pads 0 before and 1 after; torchvision pads 1 on
+    each side, so P6 and P7 of a "same" FPN are torchvision's on a shifted image."""
+    from retinanet.model.fpn import FeaturePyramid
+
+    rng = np.random.default_rng(0)
+    fpn = FeaturePyramid(filters=2, max_level=7, p6_input="c5", extra_padding=extra_padding)
+    c3, c4, c5 = (rng.normal(size=(1, 4 * k, 4 * k, 3)).astype("float32") for k in (4, 2, 1))
+    outputs = fpn([c3, c4, c5])
+    p6_conv, p7_conv = fpn.extra_convs
+    p6 = _conv3x3_stride2(c5[0], p6_conv.kernel.numpy(), pad_before, pad_after) + \
+        p6_conv.bias.numpy()
+    np.testing.assert_allclose(outputs[3][0], p6, atol=1e-5)
+    p7 = _conv3x3_stride2(np.maximum(p6, 0), p7_conv.kernel.numpy(), pad_before, pad_after) + \
+        p7_conv.bias.numpy()
+    np.testing.assert_allclose(outputs[4][0], p7, atol=1e-5)
+    again = FeaturePyramid.from_config(fpn.get_config())
+    assert again.extra_padding == extra_padding
+
+
+def test_torchvision_strides_are_side_over_grid():
+    """torchvision pads to 32: an 800 x 1088 canvas gives P7 a 7 x 9 grid, and each level's
+    stride is side // grid (114 and 120 on P7), anchors at multiples of it."""
+    generator = AnchorGenerator(convention="torchvision")
+    assert generator.stride_multiple == 32
+    per_level = generator.anchors_per_level(800, 1088)
+    p7 = per_level[-1].numpy().reshape(7, 9, 9, 4)  # rows, cols, anchors, xyxy
+    centres = (p7[..., :2] + p7[..., 2:]) / 2
+    np.testing.assert_allclose(centres[0, :, 0, 0], np.arange(9) * 120, atol=1e-3)
+    np.testing.assert_allclose(centres[:, 0, 0, 1], np.arange(7) * 114, atol=1e-3)
+    # On a multiple of 2**level the rule gives 2**level: the package's own canvases.
+    p3 = generator.anchors_per_level(256, 256)[0].numpy().reshape(32, 32, 9, 4)
+    np.testing.assert_allclose((p3[0, :, 0, 0] + p3[0, :, 0, 2]) / 2, np.arange(32) * 8,
+                               atol=1e-3)

@@ -13,19 +13,29 @@ class FeaturePyramid(keras.layers.Layer):
       paper's and torchvision v2's) or on the FPN's P5 output (`p6_input="p5"`, torchvision
       v1's). P7 and above: a 3x3 stride-2 conv on ReLU of the level below.
 
+    `extra_padding` pads those stride-2 convs: `"same"` (Keras's: on an even input 0 rows
+    and columns before, 1 after) or `"symmetric"` (1 on every side, as PyTorch's
+    `padding=1` and so torchvision's P6 and P7; with "same" instead, torchvision's weights
+    see their input shifted by one pixel of that level: 32 image pixels at P6, 96 at P7).
+
     Input: a list of three float tensors `[B, H/8, W/8, c3]`, `[B, H/16, W/16, c4]`,
     `[B, H/32, W/32, c5]` with H and W multiples of `2**max_level`.
     Output: a list of `max_level - 2` tensors `[B, H/2**l, W/2**l, filters]`, l = 3..max_level
     (`max_level` 5 gives P3-P5 only).
     """
 
-    def __init__(self, filters=256, max_level=7, p6_input="c5", **kwargs):
+    def __init__(self, filters=256, max_level=7, p6_input="c5", extra_padding="same",
+                 **kwargs):
         super().__init__(**kwargs)
         if max_level < 5:
             raise ValueError(f"`max_level` must be at least 5, got {max_level}.")
         if p6_input not in ("c5", "p5"):
             raise ValueError(f"`p6_input` must be 'c5' or 'p5', got {p6_input!r}.")
+        if extra_padding not in ("same", "symmetric"):
+            raise ValueError(f"`extra_padding` must be 'same' or 'symmetric', got "
+                             f"{extra_padding!r}.")
         self.p6_input = p6_input
+        self.extra_padding = extra_padding
         self.filters = filters
         self.max_level = max_level
         conv = dict(filters=filters, padding="same", dtype=self.dtype_policy)
@@ -37,10 +47,13 @@ class FeaturePyramid(keras.layers.Layer):
             keras.layers.Conv2D(kernel_size=3, name=f"output_p{level}", **conv)
             for level in (3, 4, 5)
         ]
+        symmetric = extra_padding == "symmetric"
         self.extra_convs = [
-            keras.layers.Conv2D(kernel_size=3, strides=2, name=f"p{level}", **conv)
+            keras.layers.Conv2D(kernel_size=3, strides=2, name=f"p{level}",
+                                **{**conv, "padding": "valid" if symmetric else "same"})
             for level in range(6, max_level + 1)
         ]
+        self.extra_pad = keras.layers.ZeroPadding2D(1) if symmetric else None
         self.upsample = keras.layers.UpSampling2D(2, interpolation="nearest")
 
     def build(self, input_shapes):
@@ -51,7 +64,9 @@ class FeaturePyramid(keras.layers.Layer):
             conv.build(shape[:-1] + (self.filters,))
         p5_shape = input_shapes[-1][:-1] + (self.filters,)
         for index, conv in enumerate(self.extra_convs):
-            conv.build(input_shapes[-1] if index == 0 and self.p6_input == "c5" else p5_shape)
+            shape = input_shapes[-1] if index == 0 and self.p6_input == "c5" else p5_shape
+            conv.build(shape if self.extra_pad is None else
+                       (shape[0], None, None, shape[-1]))
 
     def call(self, features):
         c3, c4, c5 = features
@@ -61,7 +76,8 @@ class FeaturePyramid(keras.layers.Layer):
         outputs = [conv(p) for conv, p in zip(self.output_convs, (p3, p4, p5))]
         extra = c5 if self.p6_input == "c5" else outputs[-1]
         for index, conv in enumerate(self.extra_convs):
-            extra = conv(extra if index == 0 else keras.ops.relu(extra))
+            extra = extra if index == 0 else keras.ops.relu(extra)
+            extra = conv(extra if self.extra_pad is None else self.extra_pad(extra))
             outputs.append(extra)
         return outputs
 
@@ -71,4 +87,5 @@ class FeaturePyramid(keras.layers.Layer):
             "filters": self.filters,
             "max_level": self.max_level,
             "p6_input": self.p6_input,
+            "extra_padding": self.extra_padding,
         }

@@ -138,6 +138,10 @@ def _architecture(detector):
     }
 
 
+# torchvision's `detections_per_img`.
+TORCHVISION_MAX_DETECTIONS = 300
+
+
 def build_torchvision_retinanet(
     num_classes,
     p6_input="p5",
@@ -150,11 +154,15 @@ def build_torchvision_retinanet(
     mean=None,
     std=None,
     class_names=None,
+    extra_padding="symmetric",
+    max_detections=TORCHVISION_MAX_DETECTIONS,
 ):
     """A randomly initialised `RetinaNet` with torchvision's RetinaNet architecture.
 
     torchvision v1 (`retinanet_resnet50_fpn`) is `p6_input="p5"`; v2
-    (`retinanet_resnet50_fpn_v2`) is `p6_input="c5", use_group_norm=True`.
+    (`retinanet_resnet50_fpn_v2`) is `p6_input="c5", use_group_norm=True`. The defaults are
+    torchvision's rules: P6 and P7 padded 1 on every side, GroupNorm epsilon 1e-5, anchors
+    in its convention (canvases padded to 32, strides `side // grid`), up to 300 detections.
 
     Args:
         num_classes: logits per anchor (91 for torchvision's COCO models).
@@ -164,6 +172,9 @@ def build_torchvision_retinanet(
         anchors: `retinanet.AnchorGenerator` keyword arguments; default torchvision's.
         mean, std: the input normalisation (default ImageNet's, on RGB in 0-1).
         class_names: optional names of the classes, stored on the model.
+        extra_padding: the P6/P7 convs' padding (`FeaturePyramid`); keras-hub's port uses
+            `"same"`.
+        max_detections: detections kept per image.
 
     Returns:
         A built `retinanet.RetinaNet` on the `"torchvision_resnet50"` backbone.
@@ -171,6 +182,7 @@ def build_torchvision_retinanet(
     from retinanet.anchors import AnchorGenerator
     from retinanet.model.fpn import FeaturePyramid
     from retinanet.model.heads import RetinaNetHead
+    from retinanet.model.postprocess import DetectionPostprocessor
     from retinanet.model.retinanet import RetinaNet
     from retinanet.model.torchvision_resnet import (
         IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, build_torchvision_resnet,
@@ -191,12 +203,16 @@ def build_torchvision_retinanet(
         ),
         anchor_generator=anchor_generator,
         fpn=FeaturePyramid(
-            fpn_filters, anchor_generator.max_level, p6_input=p6_input, name="fpn"
+            fpn_filters, anchor_generator.max_level, p6_input=p6_input,
+            extra_padding=extra_padding, name="fpn"
         ),
         classification_head=RetinaNetHead(
             num_classes, prior_probability=0.01, name="classification_head", **head
         ),
         box_head=RetinaNetHead(4, name="box_head", **head),
+        postprocessor=DetectionPostprocessor(
+            anchor_generator=anchor_generator, max_detections=max_detections,
+            name="postprocessor"),
         class_names=class_names,
     )
 
@@ -237,8 +253,14 @@ def _copy_head(source, target, what, copy_output=True):
         _copy_layer(source.prediction_layer, target.output_conv, f"{what} output layer")
 
 
-def from_keras_hub(detector, num_classes=None):
+def from_keras_hub(detector, num_classes=None, torchvision_rules=True):
     """Converts a keras-hub `RetinaNetObjectDetector` into a `retinanet.RetinaNet`.
+
+    keras-hub ported torchvision's weights into a model that is not torchvision's: its P6
+    and P7 convs pad "same" (0 before, 1 after on the even inputs they get) where torchvision
+    pads 1 on each side, and its GroupNorm epsilon is 1e-3 where torchvision's is 1e-5. With
+    `torchvision_rules` (the default) the converted model is torchvision's detector (see
+    `build_torchvision_retinanet`); without, it is keras-hub's model exactly.
 
     Args:
         detector: a `keras_hub.models.RetinaNetObjectDetector` on keras-hub's ResNet50
@@ -264,6 +286,10 @@ def from_keras_hub(detector, num_classes=None):
     if not new_classes and source_classes == len(COCO_CLASS_NAMES):
         class_names = list(COCO_CLASS_NAMES)
     mean, std = _normalisation(detector)
+    if torchvision_rules:
+        architecture["group_norm_epsilon"] = 1e-5
+    else:
+        architecture.update(extra_padding="same", max_detections=100)
     model = build_torchvision_retinanet(
         int(num_classes) if new_classes else source_classes,
         mean=mean, std=std, class_names=class_names, **architecture,

@@ -120,7 +120,7 @@ def _pretrained_model(config, num_classes: int):
     with config_section("config.model.init_from"):
         source = load_pretrained(model.init_from, num_classes)
     anchor_generator = source.anchor_generator
-    if anchor_generator.stride_multiple != build_anchor_generator(config).stride_multiple:
+    if anchor_generator.max_level != model.anchors.max_level:
         raise ConfigError(f"config.model.anchors.max_level: must be the init_from model's "
                           f"{anchor_generator.max_level}, got {model.anchors.max_level}")
     if source.backbone.name in RESNET_BLOCKS:
