@@ -257,6 +257,15 @@ class RetinaNet(keras.Model):
 
         return presets.from_preset(preset, num_classes=num_classes)
 
+    @classmethod
+    def from_torchvision(cls, path, class_names=None):
+        """A torchvision RetinaNet (v1 or v2, any number of classes) from its state dict
+        saved as `.safetensors` or `.npz`, without torch; see
+        `retinanet.model.torchvision_import`."""
+        from retinanet.model.torchvision_import import from_torchvision
+
+        return from_torchvision(path, class_names=class_names)
+
     _COMPILE_KEYS = ("optimizer", "run_eagerly", "steps_per_execution", "jit_compile")
 
     def get_compile_config(self):
