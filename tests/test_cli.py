@@ -183,6 +183,10 @@ def test_export_saved_model_serves_detections(trained, tmp_path):
     found = serving(images=tf.zeros([1, 100, 140, 3], tf.uint8))
     assert set(found) >= {"boxes", "scores", "classes", "num_detections"}
     assert found["boxes"].shape[0] == 1 and found["boxes"].shape[-1] == 4
+    # model.json names the run's classes (classes.json), not the class ids.
+    described = json.loads((output / "model.json").read_text())
+    assert described["class_names"] == json.loads((workdir / "classes.json").read_text())[
+        "class_names"]
 
 
 def test_export_bakes_the_best_f1_thresholds_of_the_last_validation(trained, tmp_path):

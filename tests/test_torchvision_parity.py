@@ -99,3 +99,34 @@ def test_a_missing_or_foreign_file_is_one_clear_error(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"\xff" * 16)
     with pytest.raises(ValueError, match=r"bad\.safetensors: not a readable \.safetensors"):
         retinanet.RetinaNet.from_torchvision(tmp_path / "bad.safetensors")
+
+
+def test_predict_runs_a_torchvision_file_offline(tmp_path):
+    """`retinanet predict --checkpoint=FILE.npz` with no workdir; a missing file is one line."""
+    import json
+    import subprocess
+
+    from PIL import Image
+
+    path = tmp_path / "retinanet_v1.npz"
+    np.savez(path, **make_state_dict("v1", NUM_CLASSES))
+    (tmp_path / "images").mkdir()
+    Image.fromarray(make_image(333, 517, seed=0)).save(tmp_path / "images" / "a.png")
+    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+
+    def predict(checkpoint):
+        return subprocess.run(
+            [sys.executable, "-m", "retinanet", "predict", f"--checkpoint={checkpoint}",
+             f"--images={tmp_path / 'images'}", f"--output={tmp_path / 'out'}"],
+            capture_output=True, text=True, timeout=600, env=environment,
+            cwd=pathlib.Path(__file__).resolve().parents[1])
+
+    result = predict(path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads((tmp_path / "out" / "detections.json").read_text())
+    assert found and {d["image_id"] for d in found} == {"a"}
+    missing = predict(tmp_path / "nowhere.safetensors")
+    assert missing.returncode == 2
+    lines = [line for line in missing.stderr.splitlines() if line.startswith("retinanet")]
+    assert lines == [f"retinanet predict: error: {tmp_path / 'nowhere.safetensors'}: file not "
+                     "found"]

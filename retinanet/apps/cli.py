@@ -4,6 +4,7 @@
     retinanet evaluate --workdir=runs/shapes [--split=val|train] [--checkpoint=best|last|PATH]
     retinanet predict --workdir=runs/shapes --images=FILE_OR_DIR --output=DIR
     retinanet predict --checkpoint=retinanet_resnet50_fpn_coco --images=... --output=DIR
+    retinanet predict --checkpoint=torchvision_retinanet.safetensors --images=... --output=DIR
     retinanet export --workdir=runs/shapes --output=DIR [--format=saved_model|litert|onnx]
     retinanet debug-anchors --config=shapes [--output=DIR] [--split=train]
     retinanet doctor --config=shapes [--output=DIR] [--split=train] [--fit_anchors]
@@ -73,8 +74,9 @@ flags.DEFINE_enum("precision", "float32", PRECISIONS, "Keras dtype policy.")
 flags.DEFINE_enum("split", None, ["train", "val"],
                   "Dataset split (evaluate: default val; debug-anchors, doctor: default train).")
 flags.DEFINE_string("checkpoint", "best",
-                    "evaluate/predict/export: best, last, the path of a .keras file, or a "
-                    "keras-hub preset name or directory (predict then needs no --workdir); "
+                    "evaluate/predict/export: best, last, the path of a .keras file, a "
+                    "keras-hub preset name or directory, or a torchvision RetinaNet state dict "
+                    "(.safetensors or .npz; predict then needs no --workdir); "
                     "evaluate also takes an exported SavedModel directory, .tflite or .onnx.")
 flags.DEFINE_bool("trust_checkpoint", False,
                   "evaluate: run an exported SavedModel even when its graph holds ops no "

@@ -71,8 +71,8 @@ def _load_model(workdir: str | None, exported_ok: bool = False):
     import retinanet.model  # noqa: F401  (registers the custom objects for load_model)
     from retinanet.model import pretrained
 
-    if pretrained.is_preset(FLAGS.checkpoint):
-        print(f"Converting keras-hub preset {FLAGS.checkpoint}", flush=True)
+    if pretrained.is_preset(FLAGS.checkpoint) or pretrained.is_torchvision_file(FLAGS.checkpoint):
+        print(f"Converting {FLAGS.checkpoint}", flush=True)
         try:
             return pretrained.load_pretrained(FLAGS.checkpoint)
         except ImportError as error:
@@ -154,7 +154,8 @@ def cmd_predict():
 
     records, names, skipped = image_records(images, FLAGS.stop_on_bad_image, report)
     class_names, category_ids = None, None
-    if workdir and not pretrained.is_preset(FLAGS.checkpoint):
+    if workdir and not (pretrained.is_preset(FLAGS.checkpoint)
+                        or pretrained.is_torchvision_file(FLAGS.checkpoint)):
         class_names, category_ids = run_folder.read_classes(workdir)
     _set_precision()
     model = _load_model(workdir)
@@ -219,8 +220,10 @@ def cmd_export():
         kwargs["representative_data"] = datasets.eval_pipeline(config, train)
     if FLAGS.per_class_thresholds:
         kwargs["class_score_thresholds"] = run_folder.best_f1_thresholds(workdir)
+    class_names, _ = run_folder.read_classes(workdir)
     print(f"Exporting as {export_format} to {output}", flush=True)
-    written = rexport.export(model, output, format=export_format, **kwargs)
+    written = rexport.export(model, output, format=export_format, class_names=class_names,
+                             **kwargs)
     print(f"Wrote {written}", flush=True)
 
 

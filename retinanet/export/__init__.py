@@ -92,6 +92,7 @@ def export(
     class_score_thresholds=None,
     representative_data=None,
     image_size=None,
+    class_names=None,
 ):
     """Exports `model` in one of `FORMATS` into `output_dir` (the CLI's entry point).
 
@@ -114,6 +115,8 @@ def export(
             `export_litert`).
         image_size: litert only: the resize rule that fits images into `input_size`, for
             `model.json` (default: the longer side to the input's shorter side).
+        class_names: the names written to `model.json` (default `model.class_names`, else
+            the class ids).
 
     Returns:
         The path written (the SavedModel directory or the model file), a string.
@@ -164,7 +167,8 @@ def export(
     if format == "litert":
         resize = image_size if image_size is not None else int(min(input_size))
     description = model_description(model, format, written, resize=resize,
-                                    input_size=input_size, quantization=quantization)
+                                    input_size=input_size, quantization=quantization,
+                                    class_names=class_names)
     atomic.write_text(os.path.join(output_dir, "model.json"),
                       json.dumps(description, indent=2) + "\n")
     return written
@@ -183,7 +187,7 @@ def _resize_rule(image_size):
 
 
 def model_description(model, format, path, *, resize=None, input_size=None,
-                      quantization=None) -> dict:
+                      quantization=None, class_names=None) -> dict:
     """What a user of an exported model needs without this package (`model.json`).
 
     `resize` is the rule the model applies itself (SavedModel, ONNX), or for LiteRT the
@@ -196,7 +200,7 @@ def model_description(model, format, path, *, resize=None, input_size=None,
     """
     import retinanet
 
-    names = model.class_names or [str(c) for c in range(model.num_classes)]
+    names = class_names or model.class_names or [str(c) for c in range(model.num_classes)]
     inside = format != "litert" and resize is not None
     fixed = format == "litert"
     units = ("pixels of the model input (the resized, padded canvas): divide by the resize "

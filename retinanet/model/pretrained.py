@@ -28,11 +28,18 @@ def is_preset(source):
     return source in KERAS_HUB_PRESETS or os.path.isfile(os.path.join(source, _PRESET_METADATA))
 
 
+def is_torchvision_file(source):
+    """True for a path named like a torchvision state dict (`.safetensors`, `.npz`)."""
+    return os.fspath(source).endswith((".safetensors", ".npz"))
+
+
 def load_pretrained(source, num_classes=None):
-    """A `RetinaNet` with the weights of a preset or a `.keras` file (see the module).
+    """A `RetinaNet` with the weights of a preset, a torchvision state dict or a `.keras`
+    file (see the module).
 
     Args:
-        source: a preset name, a preset directory or a `.keras` path.
+        source: a preset name, a preset directory, a torchvision RetinaNet state dict
+            (`.safetensors` or `.npz`, `RetinaNet.from_torchvision`) or a `.keras` path.
         num_classes: None keeps the source's classes (and its `class_names`); an int K that
             differs from the source's gives a new, prior-initialised last layer of the class
             subnet (`with_num_classes`); every other weight is the source's.
@@ -41,11 +48,18 @@ def load_pretrained(source, num_classes=None):
         A built, uncompiled `retinanet.RetinaNet`.
 
     Raises:
-        ValueError: `source` is none of the three, or its model cannot be converted.
+        ValueError: `source` is none of these, or its model cannot be converted.
     """
     import keras
 
     source = os.fspath(source)
+    if is_torchvision_file(source):
+        from retinanet.model.torchvision_import import from_torchvision
+
+        model = from_torchvision(source)
+        if num_classes is None or int(num_classes) == model.num_classes:
+            return model
+        return with_num_classes(model, num_classes)
     if is_preset(source):
         from retinanet.model import presets
 
