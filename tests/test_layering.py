@@ -44,3 +44,12 @@ def test_no_module_reaches_up_a_layer(part):
               for path in files for name in imported_modules(path)
               if name.startswith(FORBIDDEN[part])]
     assert not breaks
+
+
+def test_the_preset_converter_and_the_model_do_not_import_each_other():
+    """A preset reaches the model through one entry point, `pretrained.load_pretrained`;
+    the keras-hub converter builds on `torchvision_detector`, not on `RetinaNet` itself."""
+    model = PACKAGE / "model"
+    assert "retinanet.model.retinanet" not in set(imported_modules(model / "presets.py"))
+    assert not [name for name in imported_modules(model / "retinanet.py")
+                if name.startswith(("retinanet.model.presets", "retinanet.model.torchvision"))]

@@ -1,4 +1,4 @@
-"""Where a model's starting weights come from: a keras-hub preset or a saved `.keras` file.
+"""Where a model's starting weights come from, through one entry point (`load_pretrained`).
 
 `retinanet train --config.model.init_from=SOURCE` fine-tunes from one, and
 `retinanet predict --checkpoint=SOURCE` detects with one. A SOURCE is
@@ -6,8 +6,13 @@
 - a keras-hub preset name (`retinanet.model.presets.KERAS_HUB_PRESETS`; keras-hub downloads
   it from Kaggle once and caches it),
 - a keras-hub preset directory (offline: a downloaded or `save_to_preset` copy, with its
-  `metadata.json`), or
+  `metadata.json`),
+- a torchvision RetinaNet state dict (`.safetensors` or `.npz`,
+  `retinanet.model.torchvision_import`), or
 - a `.keras` file saved by this package (a training run's checkpoint).
+
+`RetinaNet.from_preset`, `RetinaNet.from_torchvision` and `init_from` all come here, so the
+rule for the class layer is one: kept when `num_classes` is None or the source's, else new.
 
 The COCO presets were trained at torchvision's input size: the short side resized to 800,
 the long side at most 1333 (`PRESET_IMAGE_SIZE`, the pipeline's `(min_side, max_side)`).
@@ -33,7 +38,7 @@ def is_torchvision_file(source):
     return os.fspath(source).endswith((".safetensors", ".npz"))
 
 
-def load_pretrained(source, num_classes=None):
+def load_pretrained(source, num_classes=None, class_names=None):
     """A `RetinaNet` with the weights of a preset, a torchvision state dict or a `.keras`
     file (see the module).
 
@@ -43,6 +48,7 @@ def load_pretrained(source, num_classes=None):
         num_classes: None keeps the source's classes (and its `class_names`); an int K that
             differs from the source's gives a new, prior-initialised last layer of the class
             subnet (`with_num_classes`); every other weight is the source's.
+        class_names: a torchvision state dict's class names (its file holds none).
 
     Returns:
         A built, uncompiled `retinanet.RetinaNet`.
@@ -56,7 +62,7 @@ def load_pretrained(source, num_classes=None):
     if is_torchvision_file(source):
         from retinanet.model.torchvision_import import from_torchvision
 
-        model = from_torchvision(source)
+        model = from_torchvision(source, class_names=class_names)
         if num_classes is None or int(num_classes) == model.num_classes:
             return model
         return with_num_classes(model, num_classes)

@@ -253,18 +253,23 @@ class RetinaNet(keras.Model):
             num_classes: None keeps the 91 COCO logits (index = COCO category id, names in
                 `class_names`); K gives a new class-subnet output layer with K classes.
         """
-        from retinanet.model import presets
+        from retinanet.model import pretrained
 
-        return presets.from_preset(preset, num_classes=num_classes)
+        if not pretrained.is_preset(preset):
+            raise ValueError(f"`preset` must be one of {pretrained.KERAS_HUB_PRESETS} or a "
+                             f"keras-hub preset directory, got {preset!r}.")
+        return pretrained.load_pretrained(preset, num_classes=num_classes)
 
     @classmethod
     def from_torchvision(cls, path, class_names=None):
         """A torchvision RetinaNet (v1 or v2, any number of classes) from its state dict
         saved as `.safetensors` or `.npz`, without torch; see
         `retinanet.model.torchvision_import`."""
-        from retinanet.model.torchvision_import import from_torchvision
+        from retinanet.model import pretrained
 
-        return from_torchvision(path, class_names=class_names)
+        if not pretrained.is_torchvision_file(path):
+            raise ValueError(f"`path` must be a .safetensors or .npz file, got {path!r}.")
+        return pretrained.load_pretrained(path, class_names=class_names)
 
     _COMPILE_KEYS = ("optimizer", "run_eagerly", "steps_per_execution", "jit_compile")
 

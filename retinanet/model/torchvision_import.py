@@ -9,7 +9,8 @@ names by two lines of PyTorch:
 
 (or `numpy.savez("retinanet.npz", **{k: v.numpy() for k, v in model.state_dict().items()})`).
 `from_torchvision` reads it with numpy alone, tells v1 from v2 by its tensors (v2's P6 reads
-C5's 2048 channels, its heads have GroupNorm), builds `presets.build_torchvision_retinanet`
+C5's 2048 channels, its heads have GroupNorm), builds
+`torchvision_detector.build_torchvision_retinanet`
 (torchvision's rules) and copies every tensor: convolutions from PyTorch's `[out, in, kh, kw]`
 to Keras's `[kh, kw, in, out]`, batch norm's running statistics to Keras's moving ones.
 """
@@ -107,22 +108,22 @@ def from_torchvision(path, class_names=None):
 
     Returns:
         A built `retinanet.RetinaNet` with torchvision's rules (see
-        `presets.build_torchvision_retinanet`).
+        `torchvision_detector.build_torchvision_retinanet`).
 
     Raises:
         ValueError: naming the file, when it is not such a state dict (a missing or
             misshapen tensor, or one left over).
     """
-    from retinanet.model import presets
-
     state = dict(read_state_dict(path))
     try:
-        return _build(state, class_names, presets)
+        return _build(state, class_names)
     except ValueError as error:
         raise ValueError(f"{os.fspath(path)}: {error}") from None
 
 
-def _build(state, class_names, presets):
+def _build(state, class_names):
+    from retinanet.model import torchvision_detector as detector
+
     p6 = state.get("backbone.fpn.extra_blocks.p6.weight")
     logits = state.get("head.classification_head.cls_logits.weight")
     if p6 is None or logits is None:
@@ -130,13 +131,13 @@ def _build(state, class_names, presets):
     v2 = p6.shape[1] == 2048
     num_anchors = state["head.regression_head.bbox_reg.weight"].shape[0] // 4
     num_classes = logits.shape[0] // num_anchors
-    if class_names is None and num_classes == len(presets.COCO_CLASS_NAMES):
-        class_names = list(presets.COCO_CLASS_NAMES)
-    model = presets.build_torchvision_retinanet(
+    if class_names is None and num_classes == len(detector.COCO_CLASS_NAMES):
+        class_names = list(detector.COCO_CLASS_NAMES)
+    model = detector.build_torchvision_retinanet(
         num_classes, p6_input="c5" if v2 else "p5", use_group_norm=v2,
         class_names=class_names)
 
-    features = model.backbone.get_layer(f"{presets._BACKBONE}_features")
+    features = model.backbone.get_layer(f"{detector.BACKBONE}_features")
     _conv(features.get_layer("conv1_conv"), state, "backbone.body.conv1")
     _norm(features.get_layer("conv1_bn"), state, "backbone.body.bn1")
     for stage, blocks in enumerate((3, 4, 6, 3)):
