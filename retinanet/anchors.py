@@ -125,8 +125,9 @@ class AnchorGenerator:
             cols = self.feature_size(width, level)
             if self.convention == "torchvision":
                 offset = 0.0
-                stride_y = tf.cast(height // rows, tf.float32)
-                stride_x = tf.cast(width // cols, tf.float32)
+                # torchvision's `image_size // grid_size`, per axis.
+                stride_y = tf.floor(tf.cast(height, tf.float32) / tf.cast(rows, tf.float32))
+                stride_x = tf.floor(tf.cast(width, tf.float32) / tf.cast(cols, tf.float32))
             else:
                 offset, stride_y = 0.5, float(2**level)
                 stride_x = stride_y

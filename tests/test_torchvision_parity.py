@@ -130,3 +130,46 @@ def test_predict_runs_a_torchvision_file_offline(tmp_path):
     lines = [line for line in missing.stderr.splitlines() if line.startswith("retinanet")]
     assert lines == [f"retinanet predict: error: {tmp_path / 'nowhere.safetensors'}: file not "
                      "found"]
+
+
+def _matched(a, b, count, top=200):
+    """Each of `a`'s best `top` detections has its own counterpart among `b`'s `count` (same
+    class, box within 0.05 px, score within 1e-4). Near the 300th the scores of these random
+    weights differ in the 7th digit: there a runtime's rounding may swap which one is kept."""
+    free = set(range(count))
+    for box, score, label in zip(a["boxes"][0, :top], a["scores"][0, :top],
+                                 a["classes"][0, :top]):
+        match = [j for j in free if b["classes"][0, j] == label
+                 and abs(b["scores"][0, j] - score) < 1e-4
+                 and np.abs(b["boxes"][0, j] - box).max() < 0.05]
+        assert match, f"{label} {score:.5f} {box} has no counterpart"
+        free.remove(match[0])
+
+
+def test_keras_file_and_exports_keep_torchvisions_detections(version_and_model, tmp_path):
+    """The torchvision rules (symmetric P6/P7, strides side // grid, 300 detections) survive
+    a `.keras` round trip and every export."""
+    import keras
+
+    from retinanet import export
+    from retinanet.export.runtime import load_exported
+
+    version, model = version_and_model
+    if version != "v1":
+        pytest.skip("one version is enough for the round trips (v2 differs in its heads only)")
+    # A photo-like image over the whole canvas: in a flat area neighbouring anchors tie.
+    canvas = make_image(352, 544, seed=5)[None]
+    expected = model.predict_on_batch(canvas)
+    count = int(expected["num_detections"][0])
+    assert count == 300
+
+    model.save(tmp_path / "model.keras")
+    again = keras.saving.load_model(tmp_path / "model.keras")
+    assert again.fpn.extra_padding == "symmetric" and again.anchor_generator.stride_multiple == 32
+    _matched(expected, again.predict_on_batch(canvas), count)
+    for format, options in (("saved_model", {}), ("onnx", {}),
+                            ("litert", {"input_size": canvas.shape[1:3]})):
+        path = export.export(model, tmp_path / format, format=format, **options)
+        found = load_exported(path).predict_on_batch(canvas)
+        assert int(found["num_detections"][0]) == count, format
+        _matched(expected, found, count)
