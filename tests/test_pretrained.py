@@ -376,3 +376,74 @@ def test_torchvision_strides_are_side_over_grid():
     p3 = generator.anchors_per_level(256, 256)[0].numpy().reshape(32, 32, 9, 4)
     np.testing.assert_allclose((p3[0, :, 0, 0] + p3[0, :, 0, 2]) / 2, np.arange(32) * 8,
                                atol=1e-3)
+
+
+def _torchvision_state_dict(model):
+    """The torchvision state dict of a torchvision-layout `RetinaNet` (the inverse of
+    `from_torchvision`'s mapping)."""
+    from retinanet.model.torchvision_detector import BACKBONE
+
+    state = {}
+
+    def conv(layer, name, bias=True):
+        state[f"{name}.weight"] = layer.kernel.numpy().transpose(3, 2, 0, 1)
+        if bias:
+            state[f"{name}.bias"] = layer.bias.numpy()
+
+    def norm(layer, name):
+        state[f"{name}.weight"], state[f"{name}.bias"] = layer.gamma.numpy(), layer.beta.numpy()
+        if hasattr(layer, "moving_mean"):
+            state[f"{name}.running_mean"] = layer.moving_mean.numpy()
+            state[f"{name}.running_var"] = layer.moving_variance.numpy()
+
+    features = model.backbone.get_layer(f"{BACKBONE}_features")
+    conv(features.get_layer("conv1_conv"), "backbone.body.conv1", bias=False)
+    norm(features.get_layer("conv1_bn"), "backbone.body.bn1")
+    for stage, blocks in enumerate((3, 4, 6, 3)):
+        for block in range(blocks):
+            ours, theirs = f"stack{stage}_block{block}", f"backbone.body.layer{stage + 1}.{block}"
+            for k in (1, 2, 3):
+                conv(features.get_layer(f"{ours}_{k}_conv"), f"{theirs}.conv{k}", bias=False)
+                norm(features.get_layer(f"{ours}_{k}_bn"), f"{theirs}.bn{k}")
+            if block == 0:
+                conv(features.get_layer(f"{ours}_0_conv"), f"{theirs}.downsample.0", bias=False)
+                norm(features.get_layer(f"{ours}_0_bn"), f"{theirs}.downsample.1")
+    for index in range(3):
+        conv(model.fpn.lateral_convs[index], f"backbone.fpn.inner_blocks.{index}.0")
+        conv(model.fpn.output_convs[index], f"backbone.fpn.layer_blocks.{index}.0")
+    for index, level in enumerate((6, 7)):
+        conv(model.fpn.extra_convs[index], f"backbone.fpn.extra_blocks.p{level}")
+    v2 = model.classification_head.use_group_norm
+    for head, theirs, output in ((model.classification_head, "classification_head",
+                                  "cls_logits"), (model.box_head, "regression_head", "bbox_reg")):
+        for index, layer in enumerate(head.convs):
+            conv(layer, f"head.{theirs}.conv.{index}.0", bias=not v2)
+            if v2:
+                norm(head.norms[index], f"head.{theirs}.conv.{index}.1")
+        conv(head.output_conv, f"head.{theirs}.{output}")
+    return state
+
+
+# Slow: the module fixtures build, save and convert two ResNet50 RetinaNets (~30 s).
+@pytest.mark.slow
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_a_preset_and_its_torchvision_state_dict_give_the_same_model(converted, architecture,
+                                                                     tmp_path):
+    """keras-hub's presets hold torchvision's weights: written back as torchvision's state
+    dict and read by `from_torchvision`, they make the model the preset makes, weight for
+    weight and rule for rule."""
+    from_preset = converted[architecture]
+    path = tmp_path / "retinanet.npz"
+    np.savez(path, **_torchvision_state_dict(from_preset))
+    from_file = retinanet.RetinaNet.from_torchvision(path)
+    assert from_file.class_names == from_preset.class_names
+    for part in ("fpn", "classification_head", "box_head", "postprocessor", "anchor_generator"):
+        assert getattr(from_file, part).get_config() == getattr(from_preset, part).get_config()
+    def named(model):  # the model's own (numbered) name left out
+        return {w.path.split("/", 1)[-1] if w.path.startswith(model.name) else w.path:
+                w.numpy() for w in model.weights}
+
+    weights, again = named(from_preset), named(from_file)
+    assert sorted(again) == sorted(weights) and len(weights) == len(from_preset.weights)
+    for name, value in weights.items():
+        np.testing.assert_array_equal(again[name], value, err_msg=name)
