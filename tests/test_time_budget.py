@@ -216,6 +216,8 @@ def test_a_budget_run_says_what_a_user_needs(tmp_path, capsys):
     best = json.loads((tmp_path / "checkpoints" / "best.json").read_text())
     assert (tmp_path / "checkpoints" / "best.keras").is_file()
     assert best["val_AP"] == pytest.approx(metrics(tmp_path)["coco"]["AP"])
+    assert best["epoch"] == json.loads((tmp_path / "backup" / "training_metadata.json")
+                                       .read_text())["epoch"] < 100  # not fit's 10**6
     with open(tmp_path / "training_log.csv", newline="") as file:
         rows = list(csv.DictReader(file))
     empty = [column for column in rows[0] if all(row[column] == "NA" for row in rows)]

@@ -333,7 +333,8 @@ def _train(config, workdir: str, *, strategy: str, precision: str, verbose: int,
         rbudget.report(budget, workdir, evaluation_s=clock() - evaluation_started)
     if not os.path.isfile(os.path.join(checkpoint_dir, "best.keras")):
         # No evaluation between epochs: the final one makes the last model the best known.
-        checkpoints.keep_as_best(eval_model, results["coco"].get("AP"), epochs)
+        checkpoints.keep_as_best(eval_model, results["coco"].get("AP"),
+                                 rcallbacks.ResumableBackup.saved_epoch(backup_dir))
     rcallbacks.ResumableBackup.close(backup_dir)
     return {"model": eval_model, "results": results, "class_names": class_names,
             "val_dataset": val_set, "val_data": val_data}
