@@ -62,14 +62,14 @@ def test_release_removes_only_its_own_lock(tmp_path):
 
 
 def _contender(workdir, barrier, results, trials):
-    for _ in range(trials):
+    for trial in range(trials):
         barrier.wait()
         lock = WorkdirLock(workdir)
         try:
             lock.acquire()
         except ValueError:
             pass
-        results.put(lock.held)
+        results.put((trial, lock.held))
         barrier.wait()  # everyone has tried before the holder lets go
         lock.release()
         barrier.wait()
@@ -88,11 +88,12 @@ def test_processes_that_acquire_at_the_same_instant_get_exactly_one_holder(tmp_p
                for _ in range(processes)]
     for worker in workers:
         worker.start()
-    held = [results.get(timeout=120) for _ in range(trials * processes)]
+    holders = [0] * trials
+    for _ in range(trials * processes):
+        # (A queue's feeder thread may deliver one trial's answer after the next trial's.)
+        trial, held = results.get(timeout=120)
+        holders[trial] += held
     for worker in workers:
         worker.join(timeout=120)
-    # Each trial's results arrive before the next trial starts (the barriers): count them in
-    # groups of `processes`.
-    holders = [sum(held[i:i + processes]) for i in range(0, len(held), processes)]
     assert holders == [1] * trials
     assert not (tmp_path / LOCK_FILE).exists()
