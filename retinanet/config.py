@@ -29,6 +29,7 @@ from retinanet import atomic
 
 DATA_FORMATS = ("shapes", "coco", "voc", "yolo", "csv", "tfds")
 OPTIMIZERS = ("adam", "adamw", "sgd", "reference")
+BOX_LOSSES = ("smooth_l1", "giou", "diou", "ciou")
 SCHEDULES = ("constant", "cosine", "step")
 
 
@@ -166,6 +167,9 @@ def default_config() -> ml_collections.ConfigDict:
         focal_alpha=0.25,
         focal_gamma=2.0,
         smooth_l1_beta=1 / 9,
+        # smooth_l1 (the paper's, on the encoded deltas; smooth_l1_beta=0 is L1), or an IoU
+        # loss on the decoded boxes: giou (torchvision's v2), diou or ciou.
+        box_loss="smooth_l1",
         # > 0: keep an exponential moving average of the weights with this momentum (Keras'
         # `use_ema`); evaluation, checkpoints and the final model use the average.
         ema_momentum=0.0,
@@ -308,6 +312,7 @@ def validate(config):
     check_choice("config.data.format", data.format, DATA_FORMATS)
     check_choice("config.train.optimizer", config.train.optimizer, OPTIMIZERS)
     check_choice("config.train.schedule", config.train.schedule, SCHEDULES)
+    check_choice("config.train.box_loss", config.train.box_loss, BOX_LOSSES)
     for field, value in (("config.train.epochs", config.train.epochs),
                          ("config.data.batch_size", data.batch_size)):
         if not isinstance(value, int) or value < 1:

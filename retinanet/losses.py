@@ -1,10 +1,13 @@
-"""RetinaNet losses: sigmoid focal loss and smooth L1, normalised by positive anchors.
+"""RetinaNet losses: sigmoid focal loss, smooth L1 and the IoU family (GIoU, DIoU, CIoU),
+normalised by positive anchors.
 
 Both take per-anchor targets from `retinanet.LabelEncoder` and an `anchor_states` tensor
 (1 positive, 0 negative, -1 ignored). They return the sum over anchors divided by the number
 of positive anchors in the batch (at least 1). Ignored anchors contribute nothing. All math
 runs in float32, whatever the compute dtype of the predictions.
 """
+
+import math
 
 import keras
 import tensorflow as tf
@@ -102,6 +105,104 @@ class SmoothL1Loss:
 
     def get_config(self):
         return {"beta": self.beta}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+IOU_LOSSES = ("giou", "diou", "ciou")
+_EPS = 1e-7
+
+
+def iou_loss(boxes1, boxes2, kind="giou"):
+    """`1 - IoU` plus the penalty of GIoU, DIoU or CIoU, for boxes paired row by row.
+
+    - GIoU (Rezatofighi et al., 2019): `1 - IoU + (C - U) / C`, C the area of the smallest
+      box enclosing both, U their union; in [0, 2).
+    - DIoU (Zheng et al., 2020): `1 - IoU + d**2 / c**2`, d the distance of the centres, c
+      the diagonal of the enclosing box; in [0, 2).
+    - CIoU: DIoU `+ alpha * v`, `v = 4 / pi**2 * (atan(w2 / h2) - atan(w1 / h1))**2`,
+      `alpha = v / (1 - IoU + v)` (no gradient through alpha, as the paper's code).
+
+    Zero-area boxes, boxes far apart and huge boxes give finite values and gradients: every
+    division has a floor of 1e-7.
+
+    Args:
+        boxes1, boxes2: float Tensor `[..., 4]`, xyxy, the same shape.
+        kind: one of `IOU_LOSSES`.
+
+    Returns:
+        float32 Tensor `[...]`; 0 for identical boxes.
+    """
+    if kind not in IOU_LOSSES:
+        raise ValueError(f"`kind` must be one of {IOU_LOSSES}, got {kind!r}.")
+    a = tf.cast(boxes1, tf.float32)
+    b = tf.cast(boxes2, tf.float32)
+    # Misordered corners (x2 < x1) count as empty rather than negative sizes.
+    a = tf.concat([a[..., :2], tf.maximum(a[..., 2:], a[..., :2])], axis=-1)
+    b = tf.concat([b[..., :2], tf.maximum(b[..., 2:], b[..., :2])], axis=-1)
+    wa, ha = a[..., 2] - a[..., 0], a[..., 3] - a[..., 1]
+    wb, hb = b[..., 2] - b[..., 0], b[..., 3] - b[..., 1]
+    inter_w = tf.maximum(tf.minimum(a[..., 2], b[..., 2]) - tf.maximum(a[..., 0], b[..., 0]), 0.0)
+    inter_h = tf.maximum(tf.minimum(a[..., 3], b[..., 3]) - tf.maximum(a[..., 1], b[..., 1]), 0.0)
+    inter = inter_w * inter_h
+    union = wa * ha + wb * hb - inter
+    iou = inter / (union + _EPS)
+    enclose_w = tf.maximum(a[..., 2], b[..., 2]) - tf.minimum(a[..., 0], b[..., 0])
+    enclose_h = tf.maximum(a[..., 3], b[..., 3]) - tf.minimum(a[..., 1], b[..., 1])
+    if kind == "giou":
+        enclosing = enclose_w * enclose_h
+        return 1.0 - iou + (enclosing - union) / (enclosing + _EPS)
+    centre_distance = ((a[..., 0] + a[..., 2] - b[..., 0] - b[..., 2]) ** 2 +
+                       (a[..., 1] + a[..., 3] - b[..., 1] - b[..., 3]) ** 2) / 4.0
+    diagonal = enclose_w**2 + enclose_h**2
+    loss = 1.0 - iou + centre_distance / (diagonal + _EPS)
+    if kind == "ciou":
+        v = (4.0 / math.pi**2) * (tf.atan(wb / (hb + _EPS)) - tf.atan(wa / (ha + _EPS))) ** 2
+        alpha = tf.stop_gradient(v / (1.0 - iou + v + _EPS))
+        loss = loss + alpha * v
+    return loss
+
+
+@keras.saving.register_keras_serializable(package="retinanet")
+class IoULoss:
+    """GIoU, DIoU or CIoU loss of positive anchors, on boxes decoded from the deltas.
+
+    Predicted and target deltas are decoded on their anchor with the box coder's weights
+    and clamps (`retinanet.ops.decode_boxes`), so extreme deltas stay finite; the loss is
+    `iou_loss` summed over positive anchors and divided by their number (at least 1).
+
+    Args:
+        kind: one of `IOU_LOSSES`.
+        box_weights: the coder's (wx, wy, ww, wh), the label encoder's.
+
+    Call with `box_deltas`, `box_targets` `[B, A, 4]`, `anchor_states` `[B, A]` and
+    `anchors` `[A, 4]` xyxy (the model passes its anchors for the batch's canvas).
+    """
+
+    needs_anchors = True
+
+    def __init__(self, kind="giou", box_weights=(1.0, 1.0, 1.0, 1.0)):
+        if kind not in IOU_LOSSES:
+            raise ValueError(f"`kind` must be one of {IOU_LOSSES}, got {kind!r}.")
+        self.kind = kind
+        self.box_weights = tuple(float(w) for w in box_weights)
+
+    def __call__(self, box_deltas, box_targets, anchor_states, anchors=None):
+        from retinanet.ops import decode_boxes
+
+        if anchors is None:
+            raise ValueError("IoULoss needs the anchors (`anchors=`) to decode the boxes.")
+        anchors = tf.cast(anchors, tf.float32)[None]
+        predicted = decode_boxes(tf.cast(box_deltas, tf.float32), anchors, self.box_weights)
+        target = decode_boxes(tf.cast(box_targets, tf.float32), anchors, self.box_weights)
+        loss = iou_loss(predicted, target, self.kind)
+        loss = tf.where(tf.equal(anchor_states, POSITIVE), loss, 0.0)
+        return tf.reduce_sum(loss) / _num_positives(anchor_states)
+
+    def get_config(self):
+        return {"kind": self.kind, "box_weights": list(self.box_weights)}
 
     @classmethod
     def from_config(cls, config):

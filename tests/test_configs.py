@@ -220,3 +220,19 @@ def test_the_header_says_when_image_size_pays_for_padding(size, max_level, expec
     config.model.anchors.max_level = max_level
     note = padding_note(config)
     assert (expected in note) if expected else note == ""
+
+
+def test_box_loss_choice_builds_the_loss_with_the_coders_weights():
+    from retinanet.losses import IoULoss, SmoothL1Loss
+
+    config = load("tiny")
+    model = builders.build_model(config, num_classes=2)
+    builders.compile_model(model, config, total_steps=10)
+    assert isinstance(model.box_loss, SmoothL1Loss)
+    config.train.box_loss = "ciou"
+    builders.compile_model(model, config, total_steps=10)
+    assert isinstance(model.box_loss, IoULoss) and model.box_loss.kind == "ciou"
+    assert model.box_loss.box_weights == tuple(model.label_encoder.box_weights)
+    config.train.box_loss = "iou2"
+    with pytest.raises(rconfig.ConfigError, match=r"config\.train\.box_loss: unknown box_loss"):
+        rconfig.validate(config)

@@ -229,7 +229,12 @@ class RetinaNet(keras.Model):
         encoded = self.label_encoder.encode(targets["boxes"], targets["classes"], height, width)
         states = encoded["anchor_states"]
         cls_loss = self.classification_loss(y_pred["cls_logits"], encoded["cls_targets"], states)
-        box_loss = self.box_loss(y_pred["box_deltas"], encoded["box_targets"], states)
+        box_arguments = (y_pred["box_deltas"], encoded["box_targets"], states)
+        if getattr(self.box_loss, "needs_anchors", False):  # losses on decoded boxes
+            box_loss = self.box_loss(*box_arguments,
+                                     anchors=self.anchor_generator(height, width))
+        else:
+            box_loss = self.box_loss(*box_arguments)
         box_loss = self.box_loss_weight * box_loss
         total = cls_loss + box_loss
         if self.losses:

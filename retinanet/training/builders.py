@@ -244,14 +244,16 @@ def build_optimizer(config, total_steps: int):
 
 def compile_model(model, config, total_steps: int):
     """`model.compile` with the configured optimiser, losses and XLA setting."""
-    from retinanet.losses import FocalLoss, SmoothL1Loss
+    from retinanet.losses import FocalLoss, IoULoss, SmoothL1Loss
 
     train = config.train
     with config_section("config.train"):
+        box_loss = SmoothL1Loss(beta=train.smooth_l1_beta) if train.box_loss == "smooth_l1" \
+            else IoULoss(train.box_loss, box_weights=model.label_encoder.box_weights)
         model.compile(
             optimizer=build_optimizer(config, total_steps),
             classification_loss=FocalLoss(alpha=train.focal_alpha, gamma=train.focal_gamma),
-            box_loss=SmoothL1Loss(beta=train.smooth_l1_beta),
+            box_loss=box_loss,
             box_loss_weight=train.box_loss_weight,
             jit_compile=train.jit_compile,
             steps_per_execution=train.steps_per_execution,
