@@ -228,7 +228,7 @@ def test_a_budget_run_says_what_a_user_needs(tmp_path, capsys):
 
 
 def test_operating_point_leads_with_the_best_f1_threshold():
-    from retinanet.training.trainer import operating_point
+    from retinanet.training.reporting import operating_point
 
     one = {"per_class": {"raccoon": {"threshold": 0.41, "precision": 0.857, "recall": 0.9}}}
     assert operating_point(one).startswith(

@@ -10,7 +10,7 @@ import sys
 from absl import flags
 
 from retinanet import config as rconfig
-from retinanet.training import datasets, trainer
+from retinanet.training import datasets, reporting, trainer
 from retinanet.training import workdir as run_folder
 from retinanet.training.trainer import UsageError
 
@@ -127,7 +127,7 @@ def cmd_evaluate():
     model = _load_model(workdir, exported_ok=True)
     output = FLAGS.output or os.path.join(workdir, "eval", split)
     print(f"Evaluating on {len(dataset)} {split} images", flush=True)
-    trainer.evaluate_and_report(model, config, datasets.eval_pipeline(config, dataset), output,
+    reporting.evaluate_and_report(model, config, datasets.eval_pipeline(config, dataset), output,
                                 dataset.class_names, category_ids or dataset.category_ids,
                                 FLAGS.verbose)
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from retinanet.data.dataset import DetectionDataset
+from retinanet.data.validation import check_box_counts
 from retinanet.preprocess import (DEFAULT_SIZE_MULTIPLE, check_image_size,
                                   resize_scale_and_canvas, resized_size, round_up)
 
@@ -224,27 +225,6 @@ def train_transform(example, random_seed, image_size, max_boxes, scale_range,
     targets = {"boxes": _pad_boxes(boxes, max_boxes, image_id, -1.0),
                "classes": _pad_boxes(classes, max_boxes, image_id, -1)}
     return _pad_image(image, canvas, image_size, size_multiple), targets
-
-
-def check_box_counts(records, max_boxes: int, drop_crowd: bool = False):
-    """Raises a ValueError naming the first image with more than `max_boxes` boxes.
-
-    The same limit fails inside the graph (`_pad_boxes`) too, but only once a batch reaches
-    that image, and as a TensorFlow error; the records answer before any graph runs.
-
-    Args:
-        records: the `Record`s of a dataset.
-        max_boxes: M of the pipeline.
-        drop_crowd: count crowd boxes out, as training does.
-    """
-    counts = [len(r) - (int(r.is_crowd.sum()) if drop_crowd else 0) for r in records]
-    over = [i for i, count in enumerate(counts) if count > max_boxes]
-    if over:
-        first, most = records[over[0]], max(counts[i] for i in over)
-        raise ValueError(
-            f"max_boxes={max_boxes}: image {first.path or first.image_id} has "
-            f"{counts[over[0]]} boxes ({len(over)} images have more than {max_boxes}, the "
-            f"most {most}); raise max_boxes to {most}")
 
 
 def pipeline(dataset, mode: str = "train", batch_size: int = 8, image_size=None, *,

@@ -270,3 +270,24 @@ def _valid_size(size) -> bool:
         return size is not None and all(int(v) > 0 for v in size)
     except (TypeError, ValueError):
         return False
+
+
+def check_box_counts(records, max_boxes: int, drop_crowd: bool = False):
+    """Raises a ValueError naming the first image with more than `max_boxes` boxes.
+
+    The same limit fails inside the graph (`pipeline._pad_boxes`) too, but only once a batch reaches
+    that image, and as a TensorFlow error; the records answer before any graph runs.
+
+    Args:
+        records: the `Record`s of a dataset.
+        max_boxes: M of the pipeline.
+        drop_crowd: count crowd boxes out, as training does.
+    """
+    counts = [len(r) - (int(r.is_crowd.sum()) if drop_crowd else 0) for r in records]
+    over = [i for i, count in enumerate(counts) if count > max_boxes]
+    if over:
+        first, most = records[over[0]], max(counts[i] for i in over)
+        raise ValueError(
+            f"max_boxes={max_boxes}: image {first.path or first.image_id} has "
+            f"{counts[over[0]]} boxes ({len(over)} images have more than {max_boxes}, the "
+            f"most {most}); raise max_boxes to {most}")

@@ -16,7 +16,7 @@ import time
 
 from retinanet import atomic
 from retinanet import config as rconfig
-from retinanet.training import builders, datasets, workdir as run_folder
+from retinanet.training import builders, datasets, reporting, workdir as run_folder
 
 STRATEGIES = ("default", "mirrored", "multi_worker_mirrored", "tpu")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -327,7 +327,7 @@ def _train(config, workdir: str, *, strategy: str, precision: str, verbose: int,
     eval_model = keras.saving.load_model(last) if multi_worker or finished else model
     print(f"Evaluating on {len(val_set)} validation images", flush=True)
     evaluation_started = clock()
-    results = evaluate_and_report(eval_model, config, val_data, workdir, class_names,
+    results = reporting.evaluate_and_report(eval_model, config, val_data, workdir, class_names,
                                   category_ids, verbose)
     if budget:
         rbudget.report(budget, workdir, evaluation_s=clock() - evaluation_started)
@@ -382,55 +382,3 @@ def _check_resumed_config(config, workdir: str):
     if changed:
         print(f"warning: resuming {workdir} with a changed config ({', '.join(changed)}); "
               "the backup restores the old run's weights and optimizer state", file=sys.stderr)
-
-
-def evaluate_and_report(model, config, batches, output_dir: str, class_names, category_ids=None,
-                        verbose: int = 1) -> dict:
-    """The evaluation of a finished run: metrics, error analysis, reports and the gallery.
-
-    Writes metrics.json, report.md, per_class.csv, pr_curves.png, the analysis files and
-    errors.png (the worst false positives and missed objects) into `output_dir`.
-    """
-    from retinanet.evaluation import evaluate, write_report
-    from retinanet.evaluation.analysis_report import write_error_gallery
-
-    results = evaluate(model, batches, class_names=class_names, category_ids=category_ids,
-                       verbose=verbose, voc_iou_threshold=config.eval.voc_iou_threshold,
-                       voc_method=config.eval.voc_method, analysis=True)
-    write_report(results, output_dir, print_table=verbose > 0)
-    write_error_gallery(results["analysis"], batches, os.path.join(output_dir, "errors.png"),
-                        class_names)
-    summary(results, output_dir)
-    return results
-
-
-def summary(results, output_dir):
-    """Prints the operating point, then the headline metrics, one line each."""
-    point = operating_point(results.get("analysis"))
-    if point:
-        print(point, flush=True)
-    coco, voc = results.get("coco", {}), results.get("voc", {})
-    print(f"AP {coco.get('AP', float('nan')):.3f}  AP50 {coco.get('AP50', float('nan')):.3f}  "
-          f"AP75 {coco.get('AP75', float('nan')):.3f}  VOC mAP {voc.get('mAP', float('nan')):.3f}"
-          " (over every detection with a score of at least the decoder's threshold)"
-          f"  -> {os.path.join(output_dir, 'metrics.json')}", flush=True)
-
-
-def operating_point(analysis) -> str:
-    """"Operating point: ..." from the error analysis's best-F1 thresholds ("" without)."""
-    per_class = {name: entry for name, entry in ((analysis or {}).get("per_class") or {}).items()
-                 if entry.get("threshold") is not None}
-    if not per_class:
-        return ""
-    hint = ("deploy at it: `retinanet export --per_class_thresholds=best_f1`; per class in "
-            "analysis.md")
-    if len(per_class) == 1:
-        ((name, entry),) = per_class.items()
-        return (f"Operating point (best F1 at IoU 0.5): score >= {entry['threshold']:.3f} gives "
-                f"precision {entry['precision']:.3f}, recall {entry['recall']:.3f} ({name}); "
-                + hint)
-    mean = {key: sum(e[key] for e in per_class.values()) / len(per_class)
-            for key in ("precision", "recall")}
-    return (f"Operating point (each class at its best-F1 threshold, IoU 0.5): mean precision "
-            f"{mean['precision']:.3f}, mean recall {mean['recall']:.3f} over "
-            f"{len(per_class)} classes; " + hint)
