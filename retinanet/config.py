@@ -61,6 +61,10 @@ def default_config() -> ml_collections.ConfigDict:
         # (retinanet.model.pretrained). Its architecture and anchors replace backbone, widths
         # and anchors above; the class subnet's last layer is new when the classes differ.
         init_from="",
+        # The resize and padding rules of the model's inputs (retinanet.preprocess): "retinanet"
+        # or "torchvision" (torchvision's transform, which its COCO detectors expect). Unset:
+        # init_from's own rules, else "retinanet".
+        preprocessing=ml_collections.config_dict.placeholder(str),
         freeze_backbone=False,
         # None (unset) follows the weights: frozen when the backbone starts from pretrained
         # weights (backbone_weights or a pretrained detector), trainable from scratch; an
@@ -301,7 +305,7 @@ def check_choice(field: str, value, choices):
 
 def validate(config):
     """Checks the fields the builders cannot check themselves; raises ConfigError naming one."""
-    from retinanet.preprocess import check_image_size
+    from retinanet.preprocess import PREPROCESSING, check_image_size
 
     try:
         known = default_config()
@@ -313,6 +317,8 @@ def validate(config):
     check_choice("config.train.optimizer", config.train.optimizer, OPTIMIZERS)
     check_choice("config.train.schedule", config.train.schedule, SCHEDULES)
     check_choice("config.train.box_loss", config.train.box_loss, BOX_LOSSES)
+    if config.model.preprocessing is not None:
+        check_choice("config.model.preprocessing", config.model.preprocessing, PREPROCESSING)
     for field, value in (("config.train.epochs", config.train.epochs),
                          ("config.data.batch_size", data.batch_size)):
         if not isinstance(value, int) or value < 1:

@@ -13,8 +13,8 @@ Pi or a server, with `pip install numpy pillow ai-edge-litert` (or `onnxruntime`
 
 For a LiteRT model (a fixed input), `Detector` applies the model's resize rule from
 `model.json` (the same arithmetic and bilinear resampling as the package's
-`retinanet.preprocess`), pads bottom and right with zeros to the model's input, runs it, and
-maps the boxes back to the original image, clipped to it. An ONNX model resizes inside and
+`retinanet.preprocess`, either rule set), pads bottom and right with its padding colour to
+the model's input, runs it, and maps the boxes back to the original image, clipped to it. An ONNX model resizes inside and
 answers in the image's pixels; `Detector` only clips. The exported model keeps detections with at least its score threshold (0.05 by
 default, for mAP); pass `score_threshold` for the operating point (the best-F1 threshold of
 the run's `analysis.md` is a good one).
@@ -60,16 +60,19 @@ def resize_bilinear(image, height, width):
     return rows[:, x0] * (1 - fx)[None, :, None] + rows[:, x1] * fx[None, :, None]
 
 
-def letterbox(image, resize, canvas):
-    """`(canvas uint8 [H, W, 3], scale)`: `image` resized by the rule `resize` and padded
-    bottom and right with 0 to `canvas` (height, width); boxes on it / scale are in the
-    image's pixels.
+def letterbox(image, resize, canvas, pad_value=0):
+    """`(canvas uint8 [H, W, 3], scale float32 [2] (y, x))`: `image` resized by the rule
+    `resize` and padded bottom and right with `pad_value` to `canvas` (height, width); boxes
+    on it divided by the scale per axis are in the image's pixels.
 
     Args:
         image: uint8 `[h, w, 3]` RGB.
         resize: `{"rule": "long_side", "size": S}` or `{"rule": "short_side", "min_side",
-            "max_side"}`, as `model.json` gives it.
+            "max_side"}`, and `"rounding"`: `"round"` (the package's rules, the default) or
+            `"floor"` (torchvision's: floor(side * scale) in float64, boxes scaled per axis),
+            as `model.json` gives it.
         canvas: (height, width) of the model input.
+        pad_value: the padding, 0 or an RGB triple (`model.json`'s padding value).
     """
     h, w = image.shape[:2]
     if resize["rule"] == "long_side":
@@ -77,13 +80,19 @@ def letterbox(image, resize, canvas):
     else:
         scale = min(np.float32(resize["min_side"]) / np.float32(min(h, w)),
                     np.float32(resize["max_side"]) / np.float32(max(h, w)))
-    size = [max(int(np.round(np.float32(side) * scale)), 1) for side in (h, w)]
+    if resize.get("rounding", "round") == "floor":
+        size = [max(int(np.floor(float(side) * float(scale))), 1) for side in (h, w)]
+        box_scale = np.float32(size) / np.float32([h, w])
+    else:
+        size = [max(int(np.round(np.float32(side) * scale)), 1) for side in (h, w)]
+        box_scale = np.full(2, scale, np.float32)
     if size[0] > canvas[0] or size[1] > canvas[1]:
         raise ValueError(f"the resized image {size} does not fit the model input {canvas}")
     resized = np.clip(np.round(resize_bilinear(image, *size)), 0, 255).astype(np.uint8)
-    padded = np.zeros((canvas[0], canvas[1], 3), np.uint8)
+    padded = np.empty((canvas[0], canvas[1], 3), np.uint8)
+    padded[...] = pad_value
     padded[:size[0], :size[1]] = resized
-    return padded, float(scale)
+    return padded, box_scale
 
 
 def _rgb(image):
@@ -156,12 +165,13 @@ class Detector:
         image = _rgb(image)
         model_input = self.info["input"]
         if model_input["resized_inside"]:
-            outputs, scale = self._run(image), 1.0
+            outputs, scale = self._run(image), np.ones(2, np.float32)
         else:
-            padded, scale = letterbox(image, self.info["resize"], model_input["shape"][1:3])
+            padded, scale = letterbox(image, self.info["resize"], model_input["shape"][1:3],
+                                      self.info["padding"]["value"])
             outputs = self._run(padded)
         count = int(np.asarray(outputs["num_detections"]).reshape(-1)[0])
-        boxes = np.asarray(outputs["boxes"], np.float32)[0, :count] / np.float32(scale)
+        boxes = np.asarray(outputs["boxes"], np.float32)[0, :count] / np.tile(scale[::-1], 2)
         height, width = image.shape[:2]
         boxes = np.clip(boxes, 0, [width, height, width, height]).astype(np.float32)
         scores = np.asarray(outputs["scores"], np.float32)[0, :count]

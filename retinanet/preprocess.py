@@ -7,10 +7,21 @@ An `image_size` is the resize rule, for an image of height H and width W:
 - (min_side, max_side): scale = min(min_side / min(H, W), max_side / max(H, W))
   (detectron2's ResizeShortestEdge), on a canvas of the resized size.
 
-The resized image is round(H * scale) x round(W * scale) and boxes are multiplied by the one
-`scale`. The canvas is rounded up to a multiple of `size_multiple` (the anchor
-generator's `stride_multiple`, `2**max_level`, so every pyramid level tiles the image
-exactly), and images are padded bottom/right, which leaves pixel coordinates unchanged.
+Two sets of rules (`PREPROCESSING`) turn the scale into pixels:
+
+- "retinanet" (the package's own): the resized image is round(H * scale) x round(W * scale),
+  boxes are multiplied by the one `scale`, and the padding is black (0).
+- "torchvision" (its `GeneralizedRCNNTransform`, which its COCO detectors were trained
+  with): floor(H * scale) x floor(W * scale), with the float32 scale multiplied in float64
+  as PyTorch's `interpolate` does; boxes are scaled per axis by resized / original side;
+  the padding is the normalisation's mean colour, which is 0 once normalised (torchvision
+  pads the normalised image with zeros).
+
+The canvas is rounded up to a multiple of `size_multiple` (the anchor generator's
+`stride_multiple`: `2**max_level` in the package's anchors, so every pyramid level tiles
+the image exactly; 32 in torchvision's), and images are padded bottom/right, which leaves
+pixel coordinates unchanged. Both rules clip detections to the resized image, not the
+canvas.
 """
 
 from __future__ import annotations
@@ -21,6 +32,32 @@ import tensorflow as tf
 
 # `AnchorGenerator().stride_multiple` with the default max_level 7.
 DEFAULT_SIZE_MULTIPLE = 128
+
+PREPROCESSING = ("retinanet", "torchvision")
+# The ImageNet mean of RGB in 0-255, which torchvision's COCO detectors normalise with.
+IMAGENET_MEAN_255 = (123.675, 116.28, 103.53)
+
+
+def check_preprocessing(preprocessing, name="preprocessing"):
+    """One of `PREPROCESSING`; raises ValueError naming `name` otherwise."""
+    if preprocessing not in PREPROCESSING:
+        raise ValueError(f"`{name}` must be one of {PREPROCESSING}, got {preprocessing!r}")
+    return preprocessing
+
+
+def pad_color(preprocessing):
+    """The padding's RGB colour in 0-255 under the rules `preprocessing`."""
+    return IMAGENET_MEAN_255 if check_preprocessing(preprocessing) == "torchvision" \
+        else (0.0, 0.0, 0.0)
+
+
+def pad_images(images, paddings, color):
+    """`tf.pad` of float images `[..., 3]` with an RGB `color` instead of 0."""
+    if not any(color):
+        return tf.pad(images, paddings)
+    # Shifted so the padding is 0: the same trick lets padded_batch pad with a colour.
+    color = tf.constant(color, images.dtype)
+    return tf.pad(images - color, paddings) + color
 
 
 def round_up(value, multiple):
@@ -56,13 +93,15 @@ def check_image_size(image_size, name="image_size"):
     return (min_side, max_side)
 
 
-def resize_scale_and_canvas(height, width, image_size, size_multiple=DEFAULT_SIZE_MULTIPLE):
+def resize_scale_and_canvas(height, width, image_size, size_multiple=DEFAULT_SIZE_MULTIPLE,
+                            preprocessing="retinanet"):
     """The resize factor and the padded canvas of an image (see the module docstring).
 
     Args:
         height, width: int32 scalar tensors, the original size.
         image_size: None, int or (min_side, max_side), as returned by `check_image_size`.
         size_multiple: the canvas sides are rounded up to multiples of it.
+        preprocessing: one of `PREPROCESSING`.
 
     Returns:
         `(scale, canvas)`: float32 scalar and int32 `[2]` (height, width).
@@ -78,32 +117,53 @@ def resize_scale_and_canvas(height, width, image_size, size_multiple=DEFAULT_SIZ
     else:
         min_side, max_side = image_size
         scale = tf.minimum(min_side / tf.minimum(h, w), max_side / tf.maximum(h, w))
-        canvas = tf.cast(tf.round(tf.stack([h, w]) * scale), tf.int32)
+        canvas = resized_size(tf.stack([height, width]), scale, preprocessing)
     return scale, round_up(tf.cast(canvas, tf.int32), size_multiple)
 
 
-def resized_size(size, scale):
-    """`round(size * scale)`, at least 1 pixel: int32 `[2]` from int32 `[2]` (h, w)."""
-    scaled = tf.round(tf.cast(size, tf.float32) * scale)
+def resized_size(size, scale, preprocessing="retinanet"):
+    """The resized (h, w), at least 1 pixel: int32 `[2]` from int32 `[2]` and the float32
+    scale; `round(size * scale)`, or torchvision's `floor(float64(size) * float64(scale))`."""
+    if check_preprocessing(preprocessing) == "torchvision":
+        scaled = tf.floor(tf.cast(size, tf.float64) * tf.cast(scale, tf.float64))
+    else:
+        scaled = tf.round(tf.cast(size, tf.float32) * scale)
     return tf.maximum(tf.cast(scaled, tf.int32), 1)
 
 
-def resize_and_pad(images, image_size, size_multiple=DEFAULT_SIZE_MULTIPLE):
+def box_scale(size, resized, scale, preprocessing="retinanet"):
+    """What boxes are multiplied by: float32 `[2]` (y, x) for an image resized from `size`
+    to `resized` (int32 `[2]`) by `scale`; the one scale, or torchvision's resized / size."""
+    if check_preprocessing(preprocessing) == "torchvision":
+        return tf.cast(resized, tf.float32) / tf.cast(size, tf.float32)
+    return tf.fill([2], tf.cast(scale, tf.float32))
+
+
+def scale_boxes(boxes, scale_yx):
+    """xyxy boxes `[..., 4]` times a (y, x) scale `[..., 2]`."""
+    return boxes * tf.gather(scale_yx, [1, 0, 1, 0], axis=-1)
+
+
+def resize_and_pad(images, image_size, size_multiple=DEFAULT_SIZE_MULTIPLE,
+                   preprocessing="retinanet"):
     """Resizes and pads a batch of images that share one size, as evaluation batches are.
 
     Args:
         images: uint8 or float `[B, H, W, 3]` (uint8 is resized without a float copy).
         image_size: the resize rule (see `check_image_size`).
         size_multiple: canvas multiple.
+        preprocessing: one of `PREPROCESSING`.
 
     Returns:
-        `(padded float32 [B, Hc, Wc, 3], scale float32 scalar)`; boxes found on the padded
-        images divided by `scale` are in the input's pixels.
+        `(padded float32 [B, Hc, Wc, 3], resized int32 [2] (h, w), scale float32 [2] (y, x))`;
+        boxes found on the padded images divided by `scale` per axis are in the input's
+        pixels.
     """
     shape = tf.shape(images)
-    scale, canvas = resize_scale_and_canvas(shape[1], shape[2], image_size, size_multiple)
-    size = resized_size(shape[1:3], scale)
+    scale, canvas = resize_scale_and_canvas(shape[1], shape[2], image_size, size_multiple,
+                                            preprocessing)
+    size = resized_size(shape[1:3], scale, preprocessing)
     resized = tf.image.resize(images, size, method="bilinear")
-    padded = tf.pad(resized, [[0, 0], [0, canvas[0] - size[0]], [0, canvas[1] - size[1]],
-                              [0, 0]])
-    return padded, scale
+    padded = pad_images(resized, [[0, 0], [0, canvas[0] - size[0]], [0, canvas[1] - size[1]],
+                                  [0, 0]], pad_color(preprocessing))
+    return padded, size, box_scale(shape[1:3], size, scale, preprocessing)

@@ -70,7 +70,8 @@ def test_fixed_square_size_not_a_multiple_of_128():
     ((images, targets),) = list(data.pipeline(examples_dataset(examples), "eval",
                                               batch_size=2, image_size=300))
     assert images.shape == (2, 384, 384, 3)  # 300 rounded up to a multiple of 128
-    np.testing.assert_allclose(targets["scale"], [1.5, 1.0])
+    np.testing.assert_allclose(targets["scale"], [[1.5, 1.5], [1.0, 1.0]])
+    np.testing.assert_array_equal(targets["image_size"], [[150, 300], [300, 150]])
     np.testing.assert_allclose(targets["boxes"][0, 0], [30, 15, 90, 75])
     np.testing.assert_allclose(targets["boxes"][1, 0], [0, 0, 150, 300])
 
@@ -89,6 +90,64 @@ def test_min_max_sides_pad_each_to_128_and_batch_to_the_largest():
     assert images.shape == (2, 256, 256, 3)
 
 
+@pytest.mark.parametrize("size, resize, torchvision, retinanet", [
+    # PyTorch's interpolate(scale_factor=s, recompute_scale_factor=True), as torchvision's
+    # transform calls it, gave these sizes (float32 s = 5/3 - 4e-8: 480 s = 799.99998).
+    ((480, 640), (800, 1333), (799, 1066), (800, 1067)),
+    ((600, 800), (800, 1333), (800, 1066), (800, 1067)),  # s = 4/3 + 4e-8
+    ((333, 517), (800, 1333), (799, 1242), (800, 1242)),
+    ((333, 517), (320, 512), (320, 496), (320, 497)),
+])
+def test_torchvision_rules_floor_the_float32_scale_as_pytorch_does(size, resize, torchvision,
+                                                                   retinanet):
+    from retinanet.preprocess import resize_scale_and_canvas, resized_size
+
+    for rules, expected in (("torchvision", torchvision), ("retinanet", retinanet)):
+        scale, canvas = resize_scale_and_canvas(*size, resize, 32, rules)
+        assert tuple(resized_size(tf.constant(size), scale, rules).numpy()) == expected, rules
+        assert tuple(canvas.numpy()) == tuple(-(-side // 32) * 32 for side in expected)
+
+
+def test_torchvision_rules_scale_boxes_per_axis_and_pad_with_the_mean_colour():
+    from retinanet.preprocess import IMAGENET_MEAN_255
+
+    # 333 x 517 -> 320 x 496 (y and x scales 320/333 and 496/517); 100 x 200 -> 255 x 511
+    # (float32 2.56 is 2.56 - 6e-8, as PyTorch gives too); the batch's canvas is 320 x 512.
+    examples = [example(np.full((333, 517, 3), 50), [[0, 0, 517, 333], [10, 30, 110, 130]]),
+                example(np.full((100, 200, 3), 50), [[20, 10, 60, 50]])]
+    ((images, targets),) = list(data.pipeline(examples_dataset(examples), "eval", batch_size=2,
+                                              image_size=(320, 512), size_multiple=32,
+                                              preprocessing="torchvision", max_boxes=2))
+    assert images.shape == (2, 320, 512, 3)
+    np.testing.assert_array_equal(targets["image_size"], [[320, 496], [255, 511]])
+    np.testing.assert_allclose(targets["scale"], [[320 / 333, 496 / 517], [2.55, 2.555]],
+                               rtol=1e-6)
+    np.testing.assert_allclose(targets["boxes"][0], [[0, 0, 496, 320],
+                                                     [10 * 496 / 517, 30 * 320 / 333,
+                                                      110 * 496 / 517, 130 * 320 / 333]],
+                               rtol=1e-6)
+    images = images.numpy()
+    np.testing.assert_allclose(images[0, :, :496], 50, atol=1e-4)
+    np.testing.assert_allclose(images[1, :255, :511], 50, atol=1e-4)
+    # Per-image padding (the first image's columns) and the batch's (the second's rows).
+    np.testing.assert_allclose(images[0, :, 496:], np.broadcast_to(IMAGENET_MEAN_255,
+                                                                   (320, 16, 3)), atol=1e-4)
+    np.testing.assert_allclose(images[1, 255:], np.broadcast_to(IMAGENET_MEAN_255,
+                                                                (65, 512, 3)), atol=1e-4)
+    # Training: the same sizes, boxes and padding.
+    images, targets = next(iter(data.pipeline(
+        examples_dataset(examples[:1]), "train", batch_size=1, image_size=(320, 512),
+        size_multiple=32, preprocessing="torchvision", horizontal_flip=False, seed=0,
+        scale_range=(1, 1),
+        max_boxes=2)))
+    assert images.shape == (1, 320, 512, 3)
+    np.testing.assert_allclose(targets["boxes"][0, 0], [0, 0, 496, 320], rtol=1e-6)
+    np.testing.assert_allclose(images[0, :, 496:], np.broadcast_to(IMAGENET_MEAN_255,
+                                                                   (320, 16, 3)), atol=1e-4)
+    with pytest.raises(ValueError, match="preprocessing"):
+        data.pipeline(examples_dataset(examples), "eval", preprocessing="pytorch")
+
+
 def test_eval_resize_and_pad_by_hand():
     examples = [example(np.full((100, 200, 3), 50), [[20, 10, 60, 50], [0, 0, 200, 100]],
                         classes=[3, 1], is_crowd=[False, True], image_id="img")]
@@ -105,7 +164,8 @@ def test_eval_resize_and_pad_by_hand():
     np.testing.assert_array_equal(targets["is_crowd"][0], [False, True, False, False])
     np.testing.assert_array_equal(targets["difficult"][0], [False] * 4)
     assert targets["image_id"].numpy().tolist() == [b"img"]
-    np.testing.assert_allclose(targets["scale"], [0.5])
+    np.testing.assert_allclose(targets["scale"], [[0.5, 0.5]])
+    np.testing.assert_array_equal(targets["image_size"], [[50, 100]])
     np.testing.assert_array_equal(targets["original_size"], [[100, 200]])
     assert targets["original_size"].dtype == tf.int32
 
@@ -183,7 +243,8 @@ def test_eval_boxes_divided_by_scale_give_the_original_boxes(small_shapes):
             record = records[image_id.decode()]
             count = len(record)
             np.testing.assert_array_equal(targets["classes"][i, count:], -1)
-            np.testing.assert_allclose(targets["boxes"][i, :count] / targets["scale"][i],
+            scale_xyxy = np.tile(targets["scale"][i][::-1], 2)
+            np.testing.assert_allclose(targets["boxes"][i, :count] / scale_xyxy,
                                        record.boxes, rtol=1e-6, atol=1e-4)
             np.testing.assert_array_equal(targets["original_size"][i], [96, 96])
 
@@ -199,7 +260,7 @@ def test_raccoon_eval_maps_back_and_train_fits_512(raccoon_dir):
             np.testing.assert_array_equal(targets["original_size"][i],
                                           [record.height, record.width])
             np.testing.assert_allclose(targets["boxes"][i, :len(record)] /
-                                       targets["scale"][i], record.boxes, rtol=1e-5)
+                                       targets["scale"][i, 0], record.boxes, rtol=1e-5)
     images, targets = next(iter(data.pipeline(subset, "train", batch_size=2, seed=0,
                                               image_size=512)))
     assert images.shape == (2, 512, 512, 3)

@@ -52,13 +52,16 @@ def test_letterbox_is_the_pipelines_resize_and_pad(image_size):
     from retinanet.preprocess import resize_and_pad
 
     image = np.random.default_rng(0).integers(0, 256, (150, 200, 3)).astype(np.uint8)
-    expected, scale = resize_and_pad(tf.constant(image[None]), image_size, 128)
-    rule = {"rule": "long_side", "size": image_size} if isinstance(image_size, int) else \
-        {"rule": "short_side", "min_side": image_size[0], "max_side": image_size[1]}
-    canvas, deployed_scale = deploy.letterbox(image, rule, expected.shape[1:3])
-    assert deployed_scale == pytest.approx(float(scale), rel=1e-7)
-    difference = np.abs(canvas.astype(int) - np.round(expected[0].numpy()).astype(int))
-    assert difference.max() <= 1 and np.mean(difference > 0) < 1e-3  # rounding at .5 only
+    for rules, rounding in (("retinanet", "round"), ("torchvision", "floor")):
+        expected, _, scale = resize_and_pad(tf.constant(image[None]), image_size, 32, rules)
+        rule = {"rule": "long_side", "size": image_size} if isinstance(image_size, int) else \
+            {"rule": "short_side", "min_side": image_size[0], "max_side": image_size[1]}
+        pad_value = [124, 116, 104] if rules == "torchvision" else 0
+        canvas, deployed_scale = deploy.letterbox(image, {**rule, "rounding": rounding},
+                                                  expected.shape[1:3], pad_value)
+        np.testing.assert_allclose(deployed_scale, scale, rtol=1e-7)
+        difference = np.abs(canvas.astype(int) - np.round(expected[0].numpy()).astype(int))
+        assert difference.max() <= 1 and np.mean(difference > 0) < 1e-3  # rounding at .5
 
 
 @pytest.fixture(scope="module")
@@ -139,12 +142,12 @@ def test_litert_without_tensorflow_gives_the_packages_detections(exported):
 
     root, image = exported
     found = _deployed(root / "litert", root / "photo.png")
-    canvas, scale = resize_and_pad(tf.constant(image[None]), 128, 128)
+    canvas, _, scale = resize_and_pad(tf.constant(image[None]), 128, 128)
     expected = load_exported(root / "litert" / "model.tflite").predict_on_batch(
         np.round(canvas.numpy()))
     count = int(expected["num_detections"][0])
     assert count == len(found["scores"]) > 0
-    boxes = np.clip(expected["boxes"][0, :count] / float(scale), 0, [200, 150, 200, 150])
+    boxes = np.clip(expected["boxes"][0, :count] / float(scale[0]), 0, [200, 150, 200, 150])
     # Inputs equal but for pixels whose resized value sits at .5 (see the letterbox test).
     np.testing.assert_allclose(found["boxes"], boxes, atol=0.05)
     np.testing.assert_allclose(found["scores"], expected["scores"][0, :count], atol=1e-3)
@@ -177,11 +180,13 @@ def test_an_onnx_export_with_resize_loads_and_agrees_with_the_keras_model(
 
     root, image = exported
     onnx = load_exported(root / "onnx" / "model.onnx").predict_on_batch(image[None])
-    canvas, scale = resize_and_pad(tf.constant(image[None]), 128, 128)
-    keras_detections = tiny_retinanet_module.predict_on_batch(canvas)
+    canvas, size, scale = resize_and_pad(tf.constant(image[None]), 128, 128)
+    keras_detections = tiny_retinanet_module.predict_on_batch(
+        {"images": canvas, "image_sizes": size[None]})
     count = int(keras_detections["num_detections"][0])
     assert int(onnx["num_detections"][0]) == count > 0
-    boxes = np.clip(keras_detections["boxes"][0, :count] / float(scale), 0, [200, 150, 200, 150])
+    boxes = np.clip(keras_detections["boxes"][0, :count] / float(scale[0]), 0,
+                    [200, 150, 200, 150])
     # Random weights give near-tied scores, whose order may differ and whose last places a
     # runtime's rounding may give to another box: each of ONNX's best ten has its own match.
     unmatched = list(range(count))

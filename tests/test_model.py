@@ -55,6 +55,32 @@ def test_padding_of_detections(tiny_retinanet):
     assert np.all(detections["scores"] == 0)
 
 
+def test_torchvision_preprocessing_pads_with_the_mean_colour_and_clips_per_image(
+        tiny_retinanet, tmp_path):
+    from retinanet.preprocess import IMAGENET_MEAN_255
+
+    image = np.random.default_rng(0).uniform(0, 255, (1, 50, 70, 3)).astype("float32")
+    for rules, color in (("retinanet", (0, 0, 0)), ("torchvision", IMAGENET_MEAN_255)):
+        model = tiny_retinanet(preprocessing=rules)
+        canvas = np.empty((1, 128, 128, 3), "float32")
+        canvas[...] = color
+        canvas[:, :50, :70] = image
+        for key, value in model(image).items():
+            np.testing.assert_allclose(value, model(canvas)[key], atol=1e-5, err_msg=rules)
+    assert model.get_config()["preprocessing"] == "torchvision"
+    model.save(tmp_path / "model.keras")
+    assert keras.saving.load_model(tmp_path / "model.keras").preprocessing == "torchvision"
+    # Two images of one batch, each clipped to its own size before NMS.
+    model.postprocessor.score_threshold = 0.0
+    found = model.predict_on_batch({"images": np.concatenate([canvas, canvas]),
+                                    "image_sizes": np.array([[50, 70], [20, 30]])})
+    assert found["boxes"][0].max() <= 70 and found["boxes"][0][:, 3].max() <= 50
+    assert found["boxes"][0].max() > 30  # it was clipped, not empty
+    assert found["boxes"][1][:, 0::2].max() <= 30 and found["boxes"][1][:, 1::2].max() <= 20
+    with pytest.raises(ValueError, match="preprocessing"):
+        tiny_retinanet(preprocessing="pytorch")
+
+
 def test_class_head_prior_and_gaussian_init():
     head = RetinaNetHead(80, 9, prior_probability=0.01)
     head.build([(None, 8, 8, 256)])

@@ -100,6 +100,33 @@ def test_build_model_from_a_keras_file_uses_the_config_matching_and_decoding(
         builders.build_model(config, num_classes=2)
 
 
+def test_fine_tuning_keeps_the_sources_preprocessing_in_training_and_evaluation(
+        tiny_retinanet, tmp_path):
+    from retinanet.data import DetectionDataset
+    from retinanet.data.validation import Record
+    from retinanet.preprocess import IMAGENET_MEAN_255
+    from retinanet.training import datasets
+
+    tiny_retinanet(preprocessing="torchvision").save(tmp_path / "source.keras")
+    config = _tiny_config(init_from=str(tmp_path / "source.keras"))
+    config.data.image_size, config.data.min_side, config.data.max_side = 0, 100, 150
+    config.data.scale_range, config.data.batch_size = (1.0, 1.0), 1
+    model = builders.build_model(config, num_classes=2)
+    assert model.preprocessing == "torchvision"
+    # 96 x 96 -> floor(96 * 100 / 96) = 100 rows, the rest the mean colour.
+    record = Record("0", None, 96, 96, np.array([[10, 10, 50, 50]], np.float32),
+                    np.zeros(1, np.int32), np.zeros(1, bool), np.zeros(1, bool))
+    dataset = DetectionDataset(["a", "b"], [record], images=np.full((1, 96, 96, 3), 9, np.uint8))
+    for batches in (datasets.train_pipeline(config, dataset, model=model),
+                    datasets.eval_pipeline(config, dataset, model=model)):
+        images = next(iter(batches))[0].numpy()
+        assert images.shape[1:3] == (128, 128)
+        np.testing.assert_allclose(images[0, 100:], np.broadcast_to(IMAGENET_MEAN_255,
+                                                                    (28, 128, 3)), atol=1e-4)
+    config.model.preprocessing = "retinanet"  # an explicit choice wins
+    assert builders.build_model(config, num_classes=2).preprocessing == "retinanet"
+
+
 def test_model_classes_are_unique_and_coco_ids_only_for_coco_logits(tiny_retinanet):
     assert pretrained.model_classes(tiny_retinanet()) == (["0", "1", "2"], None)
     coco = tiny_retinanet()
@@ -175,6 +202,7 @@ def test_train_init_from_a_preset_directory(preset_dir, tmp_path):
     assert trained.num_classes == len(class_names) != 91  # a new class layer
     assert trained.backbone.name == "torchvision_resnet50"
     assert trained.anchor_generator.convention == "torchvision"
+    assert trained.preprocessing == "torchvision"
     features = trained.backbone.get_layer("torchvision_resnet50_features")
     source_features = source.backbone.get_layer("torchvision_resnet50_features")
     # Frozen (stem, res2, batch norm): still the preset's. The class subnet trained (the

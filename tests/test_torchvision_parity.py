@@ -18,7 +18,8 @@ import pytest
 
 REFERENCE_DIR = pathlib.Path(__file__).resolve().parent / "reference"
 sys.path.insert(0, str(REFERENCE_DIR))
-from torchvision_weights import IMAGE_SIZES, NUM_CLASSES, make_image, make_state_dict  # noqa
+from torchvision_weights import (IMAGE_SIZES, NUM_CLASSES, RESIZE, make_image,  # noqa: E402
+                                 make_state_dict)
 
 REFERENCE = np.load(REFERENCE_DIR / "torchvision_reference.npz")
 IMAGENET_MEAN_255 = np.array([0.485, 0.456, 0.406]) * 255
@@ -88,6 +89,65 @@ def test_detections_are_torchvisions_one_to_one(version_and_model, index):
         unmatched.remove(match[0])
 
 
+def _theirs(key):
+    return {"boxes": REFERENCE[f"{key}_boxes"], "scores": REFERENCE[f"{key}_scores"],
+            "classes": REFERENCE[f"{key}_labels"]}
+
+
+def _one_to_one(ours, theirs):
+    """Each of torchvision's detections has its own among ours (same class, box within
+    0.05 px, score within 1e-4), and there are as many."""
+    assert len(ours["scores"]) == len(theirs["scores"]) == 300
+    unmatched = set(range(len(ours["scores"])))
+    for box, score, label in zip(theirs["boxes"], theirs["scores"], theirs["classes"]):
+        match = [j for j in unmatched if ours["classes"][j] == label
+                 and abs(ours["scores"][j] - score) < 1e-4
+                 and np.abs(ours["boxes"][j] - box).max() < 0.05]
+        assert match, f"torchvision's {label} {score:.5f} {box} has no counterpart"
+        unmatched.remove(match[0])
+
+
+def test_torchvisions_whole_transform_in_the_pipeline_and_the_serving_graph(
+        version_and_model):
+    """Resized by a float scale, floored, boxes per axis, the batch padded with the mean
+    colour, boxes clipped to each resized image, mapped back: torchvision's detections in
+    the images' pixels, from an evaluation batch of both images and from the serving graph
+    (each image alone)."""
+    import tensorflow as tf
+
+    from retinanet.data import pipeline
+    from retinanet.evaluation import split_batch
+    from retinanet.evaluation.runner import detect_batch
+    from retinanet.export.serving import detections
+
+    version, model = version_and_model
+    if version != "v1":
+        pytest.skip("the transform is the same for v2")
+    assert model.preprocessing == "torchvision"
+    images = [make_image(height, width, seed=index)
+              for index, (height, width) in enumerate(IMAGE_SIZES)]
+    examples = tf.data.Dataset.from_generator(lambda: ({
+        "image": image, "boxes": np.zeros((0, 4), np.float32), "classes": np.zeros(0, np.int32),
+        "image_id": str(index), "is_crowd": np.zeros(0, bool), "difficult": np.zeros(0, bool),
+    } for index, image in enumerate(images)), output_signature={
+        "image": tf.TensorSpec([None, None, 3], tf.uint8),
+        "boxes": tf.TensorSpec([None, 4], tf.float32),
+        "classes": tf.TensorSpec([None], tf.int32), "image_id": tf.TensorSpec([], tf.string),
+        "is_crowd": tf.TensorSpec([None], tf.bool), "difficult": tf.TensorSpec([None], tf.bool)})
+    ((batch, targets),) = list(pipeline(examples, "eval", batch_size=2, image_size=RESIZE,
+                                        size_multiple=32, preprocessing="torchvision"))
+    np.testing.assert_array_equal(batch.shape[1:3], REFERENCE["resized_canvas"])
+    np.testing.assert_array_equal(targets["image_size"], REFERENCE["resized_sizes"])
+    found = split_batch(targets, detect_batch(model, batch, targets))
+    for index, image in enumerate(images):
+        ours = {"boxes": found[index]["det_boxes"], "scores": found[index]["det_scores"],
+                "classes": found[index]["det_classes"]}
+        _one_to_one(ours, _theirs(f"resized_image{index}"))
+        served = detections(model, tf.constant(image[None]), RESIZE)
+        _one_to_one({key: np.asarray(value)[0] for key, value in served.items()},
+                    _theirs(f"alone_image{index}"))
+
+
 def test_a_missing_or_foreign_file_is_one_clear_error(tmp_path):
     import retinanet
 
@@ -147,8 +207,8 @@ def _matched(a, b, count, top=200):
 
 
 def test_keras_file_and_exports_keep_torchvisions_detections(version_and_model, tmp_path):
-    """The torchvision rules (symmetric P6/P7, strides side // grid, 300 detections) survive
-    a `.keras` round trip and every export."""
+    """The torchvision rules (symmetric P6/P7, strides side // grid, 300 detections, its
+    transform) survive a `.keras` round trip and every export."""
     import keras
 
     from retinanet import export
@@ -167,9 +227,15 @@ def test_keras_file_and_exports_keep_torchvisions_detections(version_and_model, 
     again = keras.saving.load_model(tmp_path / "model.keras")
     assert again.fpn.extra_padding == "symmetric" and again.anchor_generator.stride_multiple == 32
     _matched(expected, again.predict_on_batch(canvas), count)
-    for format, options in (("saved_model", {}), ("onnx", {}),
-                            ("litert", {"input_size": canvas.shape[1:3]})):
-        path = export.export(model, tmp_path / format, format=format, **options)
-        found = load_exported(path).predict_on_batch(canvas)
-        assert int(found["num_detections"][0]) == count, format
-        _matched(expected, found, count)
+    path = export.export(model, tmp_path / "litert", format="litert",
+                         input_size=canvas.shape[1:3])
+    found = load_exported(path).predict_on_batch(canvas)
+    assert int(found["num_detections"][0]) == count
+    _matched(expected, found, count)
+    # SavedModel and ONNX resize inside, by torchvision's rules: torchvision's detections.
+    image = make_image(*IMAGE_SIZES[0], seed=0)[None]
+    for format in ("saved_model", "onnx"):
+        path = export.export(model, tmp_path / format, format=format, resize=RESIZE)
+        found = load_exported(path).predict_on_batch(image)
+        _matched({key: value[None] for key, value in _theirs("alone_image0").items()}, found,
+                 int(found["num_detections"][0]))

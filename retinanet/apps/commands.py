@@ -127,9 +127,9 @@ def cmd_evaluate():
     model = _load_model(workdir, exported_ok=True)
     output = FLAGS.output or os.path.join(workdir, "eval", split)
     print(f"Evaluating on {len(dataset)} {split} images", flush=True)
-    reporting.evaluate_and_report(model, config, datasets.eval_pipeline(config, dataset), output,
-                                dataset.class_names, category_ids or dataset.category_ids,
-                                FLAGS.verbose)
+    reporting.evaluate_and_report(model, config, datasets.eval_pipeline(config, dataset, model),
+                                  output, dataset.class_names,
+                                  category_ids or dataset.category_ids, FLAGS.verbose)
 
 
 # -- predict ------------------------------------------------------------------------------
@@ -165,7 +165,8 @@ def cmd_predict():
     if threshold is not None and threshold < model.postprocessor.score_threshold:
         # Read when the predict function is traced, i.e. on the first batch.
         model.postprocessor.score_threshold = float(threshold)
-    batches = datasets.eval_pipeline(config, DetectionDataset(class_names, records, name=images))
+    batches = datasets.eval_pipeline(config, DetectionDataset(class_names, records, name=images),
+                                     model)
     path, found, done = predict_images(model, batches, records, names, output, class_names,
                                        category_ids, threshold, FLAGS.verbose)
     unreadable = f", {len(skipped)} unreadable images skipped" if skipped else ""
@@ -217,7 +218,7 @@ def cmd_export():
         train = datasets.load_datasets(config, ("train",))["train"]
         print(f"Calibrating int8 on {DEFAULT_CALIBRATION_IMAGES} of {len(train)} training "
               "images", flush=True)
-        kwargs["representative_data"] = datasets.eval_pipeline(config, train)
+        kwargs["representative_data"] = datasets.eval_pipeline(config, train, model)
     if FLAGS.per_class_thresholds:
         kwargs["class_score_thresholds"] = run_folder.best_f1_thresholds(workdir)
     class_names, _ = run_folder.read_classes(workdir)

@@ -101,13 +101,14 @@ def predict_images(model, batches, records, names, output, class_names, category
 
     from retinanet import visualization
     from retinanet.evaluation import split_batch
+    from retinanet.evaluation.runner import detect_batch
 
     os.makedirs(output, exist_ok=True)
     results = []
     progbar = keras.utils.Progbar(len(records), verbose=verbose, unit_name="image")
     done = 0
     for batch_images, targets in batches:
-        detections = model.predict_on_batch(batch_images)
+        detections = detect_batch(model, batch_images, targets)
         for found in split_batch(targets, detections, tuple(batch_images.shape[1:3]),
                                  first_index=done):
             record, name = records[done], names[done]

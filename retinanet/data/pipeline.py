@@ -33,25 +33,34 @@ import tensorflow as tf
 
 from retinanet.data.dataset import DetectionDataset
 from retinanet.data.validation import check_box_counts
-from retinanet.preprocess import (DEFAULT_SIZE_MULTIPLE, check_image_size,
-                                  resize_scale_and_canvas, resized_size, round_up)
+from retinanet.preprocess import (DEFAULT_SIZE_MULTIPLE, box_scale, check_image_size,
+                                  check_preprocessing, pad_color, resize_scale_and_canvas,
+                                  resized_size, round_up, scale_boxes)
 
 MODES = ("train", "eval")
 
 
-def _resize(image, scale):
-    """Resizes uint8/float [H, W, 3] by scale; returns (float32 image, (h, w) int32)."""
+def _resize(image, scale, preprocessing):
+    """Resizes uint8/float [H, W, 3] by scale; returns (float32 image, (h, w) int32, the
+    boxes' (y, x) scale)."""
     shape = tf.shape(image)[:2]
-    size = resized_size(shape, scale)
+    size = resized_size(shape, scale, preprocessing)
     image = tf.cond(tf.reduce_all(tf.equal(size, shape)),
                     lambda: tf.cast(image, tf.float32),
                     lambda: tf.image.resize(image, size, method="bilinear"))
-    return image, size
+    return image, size, box_scale(shape, size, scale, preprocessing)
 
 
-def _pad_image(image, canvas, image_size, size_multiple):
-    """Pads float32 [h, w, 3] bottom/right with 0 to canvas (h <= canvas[0], w <= canvas[1])."""
+def _pad_image(image, canvas, image_size, size_multiple, preprocessing):
+    """Pads float32 [h, w, 3] bottom/right to canvas (h <= canvas[0], w <= canvas[1]).
+
+    The result is shifted by minus the padding colour (0 in the package's rules), so that
+    padded_batch's zeros are that colour too; `pipeline` shifts the batches back.
+    """
     size = tf.shape(image)[:2]
+    color = pad_color(preprocessing)
+    if any(color):
+        image = image - tf.constant(color, tf.float32)
     image = tf.pad(image, [[0, canvas[0] - size[0]], [0, canvas[1] - size[1]], [0, 0]])
     if isinstance(image_size, int):
         side = round_up(image_size, size_multiple)
@@ -74,24 +83,27 @@ def _pad_boxes(values, max_boxes, image_id, pad_value):
     return padded
 
 
-def eval_transform(example, image_size, max_boxes, size_multiple=DEFAULT_SIZE_MULTIPLE):
-    """One example dict -> (image float32 [Hc, Wc, 3], targets) for evaluation."""
+def eval_transform(example, image_size, max_boxes, size_multiple=DEFAULT_SIZE_MULTIPLE,
+                   preprocessing="retinanet"):
+    """One example dict -> (image float32 [Hc, Wc, 3] shifted as `_pad_image` says,
+    targets) for evaluation."""
     image = example["image"]
     original_size = tf.shape(image)[:2]
     scale, canvas = resize_scale_and_canvas(original_size[0], original_size[1], image_size,
-                                            size_multiple)
-    image, _ = _resize(image, scale)
+                                            size_multiple, preprocessing)
+    image, size, scale = _resize(image, scale, preprocessing)
     image_id = example["image_id"]
     targets = {
-        "boxes": _pad_boxes(example["boxes"] * scale, max_boxes, image_id, -1.0),
+        "boxes": _pad_boxes(scale_boxes(example["boxes"], scale), max_boxes, image_id, -1.0),
         "classes": _pad_boxes(example["classes"], max_boxes, image_id, -1),
         "image_id": image_id,
         "scale": scale,
+        "image_size": size,
         "original_size": original_size,
         "is_crowd": _pad_boxes(example["is_crowd"], max_boxes, image_id, False),
         "difficult": _pad_boxes(example["difficult"], max_boxes, image_id, False),
     }
-    return _pad_image(image, canvas, image_size, size_multiple), targets
+    return _pad_image(image, canvas, image_size, size_multiple, preprocessing), targets
 
 
 def jitter_colors(image, strength, seed):
@@ -174,7 +186,8 @@ def _mosaic_groups(data, probability, seed, max_boxes):
 
 
 def train_transform(example, random_seed, image_size, max_boxes, scale_range,
-                    horizontal_flip, size_multiple=DEFAULT_SIZE_MULTIPLE, color_strength=0.0):
+                    horizontal_flip, size_multiple=DEFAULT_SIZE_MULTIPLE, color_strength=0.0,
+                    preprocessing="retinanet"):
     """One example dict -> (image float32 [Hc, Wc, 3], {"boxes", "classes"}) for training.
 
     Args:
@@ -189,12 +202,12 @@ def train_transform(example, random_seed, image_size, max_boxes, scale_range,
     image = example["image"]
     original_size = tf.shape(image)[:2]
     scale, canvas = resize_scale_and_canvas(original_size[0], original_size[1], image_size,
-                                            size_multiple)
+                                            size_multiple, preprocessing)
     low, high = scale_range
     if low != high or low != 1.0:
         scale *= tf.random.stateless_uniform([], seeds[0], minval=low, maxval=high)
-    image, size = _resize(image, scale)
-    boxes *= scale
+    image, size, scale = _resize(image, scale, preprocessing)
+    boxes = scale_boxes(boxes, scale)
 
     # Random crop to the canvas where the jittered image is larger.
     crop = tf.minimum(size, canvas)
@@ -224,11 +237,12 @@ def train_transform(example, random_seed, image_size, max_boxes, scale_range,
     image_id = example["image_id"]
     targets = {"boxes": _pad_boxes(boxes, max_boxes, image_id, -1.0),
                "classes": _pad_boxes(classes, max_boxes, image_id, -1)}
-    return _pad_image(image, canvas, image_size, size_multiple), targets
+    return _pad_image(image, canvas, image_size, size_multiple, preprocessing), targets
 
 
 def pipeline(dataset, mode: str = "train", batch_size: int = 8, image_size=None, *,
              max_boxes: int = 100, size_multiple: int = DEFAULT_SIZE_MULTIPLE,
+             preprocessing: str = "retinanet",
              horizontal_flip: bool = True,
              scale_range=(0.8, 1.25), color_jitter: float = 0.0, mosaic: float = 0.0,
              seed: int | None = None,
@@ -249,6 +263,8 @@ def pipeline(dataset, mode: str = "train", batch_size: int = 8, image_size=None,
             naming it.
         size_multiple: canvases are rounded up to multiples of it; the model's
             `anchor_generator.stride_multiple` (128 for the default levels P3-P7).
+        preprocessing: the resize and padding rules, `retinanet.preprocess.PREPROCESSING`;
+            the model's `preprocessing` ("torchvision" for torchvision's detectors).
         horizontal_flip: random horizontal flip in training.
         scale_range: (low, high) of the training scale jitter; (1, 1) turns it off.
         color_jitter: strength in [0, 1] of the training colour jitter (`jitter_colors`);
@@ -269,7 +285,8 @@ def pipeline(dataset, mode: str = "train", batch_size: int = 8, image_size=None,
     Returns:
         tf.data.Dataset of (images float32 [B, H, W, 3] 0-255 with H, W multiples of size_multiple,
         targets {"boxes" float32 [B, M, 4] xyxy padded with -1, "classes" int32 [B, M] padded
-        with -1, and in eval "image_id" string [B], "scale" float32 [B], "original_size" int32
+        with -1, and in eval "image_id" string [B], "scale" float32 [B, 2] (y, x),
+        "image_size" int32 [B, 2] (the resized image on the canvas), "original_size" int32
         [B, 2] (height, width), "is_crowd", "difficult" bool [B, M] padded with False}).
     """
     if mode not in MODES:
@@ -281,6 +298,7 @@ def pipeline(dataset, mode: str = "train", batch_size: int = 8, image_size=None,
     if isinstance(size_multiple, bool) or not isinstance(size_multiple, int) or \
             size_multiple < 1:
         raise ValueError(f"size_multiple must be a positive int, got {size_multiple!r}")
+    check_preprocessing(preprocessing)
     image_size = check_image_size(image_size)
     try:
         low, high = (float(v) for v in scale_range)
@@ -353,7 +371,8 @@ def pipeline(dataset, mode: str = "train", batch_size: int = 8, image_size=None,
         def transform(element, random_seed):
             example = decode_step(element) if decode_step else element
             return train_transform(example, random_seed, image_size, max_boxes, (low, high),
-                                   horizontal_flip, size_multiple, color_strength)
+                                   horizontal_flip, size_multiple, color_strength,
+                                   preprocessing)
 
         data = data.map(transform, num_parallel_calls=autotune, deterministic=deterministic)
         if mosaic:
@@ -361,15 +380,20 @@ def pipeline(dataset, mode: str = "train", batch_size: int = 8, image_size=None,
     else:
         def transform(*element):
             return eval_transform(decode_element(*element), image_size, max_boxes,
-                                  size_multiple)
+                                  size_multiple, preprocessing)
 
         data = source.map(transform, num_parallel_calls=autotune, deterministic=deterministic)
         if cache is not False:
             data = data.cache("" if cache is True else str(cache))
 
     # Targets are already padded to max_boxes; padded_batch only pads images of different
-    # canvases (min/max sides or native size) with 0 to the batch's largest, bottom/right.
+    # canvases (min/max sides or native size) with 0 to the batch's largest, bottom/right:
+    # the padding colour, on images shifted by it (`_pad_image`).
     data = data.padded_batch(batch_size, drop_remainder=drop_remainder)
+    color = pad_color(preprocessing)
+    if any(color):
+        data = data.map(lambda images, targets: (images + color, targets),
+                        num_parallel_calls=autotune, deterministic=deterministic)
     options = tf.data.Options()
     options.deterministic = bool(deterministic)
     return data.with_options(options).prefetch(autotune)

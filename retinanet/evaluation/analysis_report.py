@@ -239,8 +239,8 @@ def original_images(batches, image_ids) -> dict:
             if image_id not in wanted or image_id in found:
                 continue
             height, width = (int(v) for v in targets["original_size"][index])
-            scale = float(targets["scale"][index])
-            resized = images[index, :max(1, round(height * scale)), :max(1, round(width * scale))]
+            resized_height, resized_width = (int(v) for v in targets["image_size"][index])
+            resized = images[index, :resized_height, :resized_width]
             found[image_id] = tf.cast(tf.clip_by_value(tf.round(
                 tf.image.resize(resized, (height, width))), 0, 255), tf.uint8).numpy()
         if len(found) == len(wanted):

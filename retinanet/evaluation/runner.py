@@ -45,7 +45,8 @@ def split_batch(
     Args:
         targets: the batch's targets (docs/CONTRACTS.md): "boxes" [B, M, 4] xyxy in input pixels,
             "classes" [B, M] padded with -1, and optionally "image_id" [B] (default: running image
-            number as str), "scale" [B] (default 1), "original_size" [B, 2] as (height, width)
+            number as str), "scale" [B] or [B, 2] as (y, x) (default 1), "original_size" [B, 2]
+            as (height, width)
             (default: `image_size / scale`), "is_crowd" / "difficult" bool [B, M].
         detections: the model's output: "boxes" [B, D, 4] xyxy in input pixels, "scores" [B, D],
             "classes" [B, D], optionally "num_detections" [B] (default: count of classes >= 0).
@@ -74,16 +75,15 @@ def split_batch(
         raise ValueError(
             f"detections['boxes'] has batch size {len(found)} but targets has {batch_size}"
         )
-    scales = (
-        _numpy(targets["scale"]).reshape(-1).astype(np.float64)
-        if "scale" in targets else np.ones(batch_size)
-    )
+    scales = np.ones((batch_size, 2))  # (y, x)
+    if "scale" in targets:
+        scales[:] = _numpy(targets["scale"]).reshape(batch_size, -1).astype(np.float64)
     if np.any(~np.isfinite(scales)) or np.any(scales <= 0):
         raise ValueError(f"targets['scale'] must be positive, got {scales.tolist()}")
     if "original_size" in targets:
         sizes = _numpy(targets["original_size"]).reshape(batch_size, 2).astype(np.float64)
     elif image_size is not None:
-        sizes = np.asarray(image_size, np.float64)[None, :] / scales[:, None]
+        sizes = np.asarray(image_size, np.float64)[None, :] / scales
     else:
         sizes = np.full((batch_size, 2), np.inf)
     image_ids = _numpy(targets["image_id"]).reshape(-1) if "image_id" in targets else None
@@ -92,7 +92,7 @@ def split_batch(
 
     def to_original(boxes, index):
         height, width = sizes[index]
-        boxes = boxes / scales[index]
+        boxes = boxes / scales[index][[1, 0, 1, 0]]
         boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0.0, width)
         boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0.0, height)
         return boxes
@@ -112,6 +112,15 @@ def split_batch(
             "det_classes": found[index]["classes"],
         })
     return images
+
+
+def detect_batch(model, images, targets) -> dict:
+    """`model.predict_on_batch` of an evaluation batch; a Keras model clips each image's
+    boxes to its resized image (`targets["image_size"]`) rather than the batch's canvas,
+    before NMS, as torchvision does."""
+    if isinstance(model, keras.Model) and "image_size" in targets:
+        return model.predict_on_batch({"images": images, "image_sizes": targets["image_size"]})
+    return model.predict_on_batch(images)
 
 
 def evaluate(
@@ -172,7 +181,7 @@ def evaluate(
         if not isinstance(batch, (tuple, list)) or len(batch) < 2:
             raise ValueError("dataset must yield (images, targets) batches (docs/CONTRACTS.md)")
         images, targets = batch[0], batch[1]
-        detections = model.predict_on_batch(images)
+        detections = detect_batch(model, images, targets)
         image_size = tuple(np.shape(images)[1:3])
         for kwargs in split_batch(targets, detections, image_size, first_index=num_images):
             for evaluator in evaluators.values():

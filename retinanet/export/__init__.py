@@ -57,6 +57,7 @@ from retinanet.export.onnx import DEFAULT_ONNX_OPSET, ONNX_QUANTIZATIONS, export
 from retinanet.export.runtime import load_exported
 from retinanet.export.saved_model import export_saved_model
 from retinanet.export.serving import BYTES_SIGNATURE, OUTPUT_KEYS, SERVING_SIGNATURE
+from retinanet.preprocess import pad_color
 
 __all__ = [
     "BYTES_SIGNATURE",
@@ -174,16 +175,25 @@ def export(
     return written
 
 
-def _resize_rule(image_size):
+def _resize_rule(image_size, preprocessing):
     if image_size is None:
         return None
     if isinstance(image_size, int):
-        return {"rule": "long_side", "size": image_size,
+        rule = {"rule": "long_side", "size": image_size,
                 "text": f"scale = {image_size} / max(height, width)"}
-    min_side, max_side = image_size
-    return {"rule": "short_side", "min_side": min_side, "max_side": max_side,
-            "text": f"scale = min({min_side} / min(height, width), "
-                    f"{max_side} / max(height, width))"}
+    else:
+        min_side, max_side = image_size
+        rule = {"rule": "short_side", "min_side": min_side, "max_side": max_side,
+                "text": f"scale = min({min_side} / min(height, width), "
+                        f"{max_side} / max(height, width))"}
+    if preprocessing == "torchvision":
+        rule["rounding"] = "floor"
+        rule["text"] += ("; size = floor(side * scale) (scale in float32, product in float64); "
+                         "boxes scale per axis by resized / original side")
+    else:
+        rule["rounding"] = "round"
+        rule["text"] += "; size = round(side * scale); boxes scale by scale"
+    return rule
 
 
 def model_description(model, format, path, *, resize=None, input_size=None,
@@ -206,6 +216,10 @@ def model_description(model, format, path, *, resize=None, input_size=None,
     units = ("pixels of the model input (the resized, padded canvas): divide by the resize "
              "scale for the image's pixels" if fixed else "pixels of the input image")
     detections = int(model.postprocessor.max_detections)
+    color = pad_color(model.preprocessing)
+    # RGB 0-255 (torchvision's rules: the mean colour, 0 once normalised); the LiteRT input
+    # is uint8, where it rounds to whole values.
+    padding = [round(c) if fixed else c for c in color] if any(color) else 0
     description = {
         "format": format,
         "file": "." if format == "saved_model" else os.path.basename(path),
@@ -218,8 +232,8 @@ def model_description(model, format, path, *, resize=None, input_size=None,
             "resized_inside": inside,
             "size_multiple": int(model.anchor_generator.stride_multiple),
         },
-        "resize": _resize_rule(resize),
-        "padding": {"sides": "bottom and right", "value": 0,
+        "resize": _resize_rule(resize, model.preprocessing),
+        "padding": {"sides": "bottom and right", "value": padding,
                     "to": list(input_size) if fixed else
                     f"multiples of {model.anchor_generator.stride_multiple} (inside the model)"},
         "outputs": {

@@ -8,7 +8,7 @@ import os
 
 import tensorflow as tf
 
-from retinanet.preprocess import resize_and_pad
+from retinanet.preprocess import resize_and_pad, scale_boxes
 
 SERVING_SIGNATURE = "serving_default"
 BYTES_SIGNATURE = "serving_bytes"
@@ -119,13 +119,14 @@ def detections(model, images, resize, class_score_thresholds=None):
     else:
         # The same resize and bottom/right padding as evaluation batches, one scale per batch
         # (the images of a batch share their size).
-        resized, scale = resize_and_pad(images, resize,
-                                        model.anchor_generator.stride_multiple)
-        detections = model.detect(resized)
-        shape = tf.shape(images)
-        bounds = tf.cast(tf.stack([shape[2], shape[1], shape[2], shape[1]]), tf.float32)
+        padded, size, scale = resize_and_pad(images, resize,
+                                             model.anchor_generator.stride_multiple,
+                                             model.preprocessing)
+        detections = model.detect(padded, image_sizes=size)
+        shape = tf.cast(tf.shape(images)[1:3], tf.float32)
         # Padding rows are 0 and stay 0.
-        boxes = tf.clip_by_value(detections["boxes"] / scale, 0.0, bounds)
+        boxes = tf.minimum(scale_boxes(detections["boxes"], 1.0 / scale),
+                           tf.gather(shape, [1, 0, 1, 0]))
     result = {
         "boxes": tf.cast(boxes, tf.float32),
         "scores": tf.cast(detections["scores"], tf.float32),

@@ -20,7 +20,8 @@ class DetectionPostprocessor(keras.layers.Layer):
     Call with:
         cls_logits: float `[B, A, K]`; box_deltas: float `[B, A, 4]`.
         anchor_image_size: `(height, width)` the anchors tile (the padded input).
-        clip_size: `(height, width)` to clip boxes to (the unpadded input).
+        clip_size: `(height, width)` to clip boxes to (the unpadded input), or `[B, 2]`, one
+            per image.
 
     Returns:
         `{"boxes": float32 [B, D, 4] xyxy pixels, "scores": float32 [B, D],
@@ -90,9 +91,9 @@ class DetectionPostprocessor(keras.layers.Layer):
         scores = tf.sigmoid(logits)
         deltas = tf.gather(box_deltas, anchor_indices, batch_dims=1)  # [B, C, 4]
         boxes = ops.decode_boxes(deltas, tf.gather(anchors, anchor_indices), self.box_weights)
-        height = tf.cast(clip_size[0], tf.float32)
-        width = tf.cast(clip_size[1], tf.float32)
-        boxes = tf.clip_by_value(boxes, 0.0, tf.stack([width, height, width, height]))
+        size = tf.cast(clip_size, tf.float32)  # [2] or [B, 2]: (height, width)
+        bounds = tf.reshape(tf.gather(size, [1, 0, 1, 0], axis=-1), [-1, 1, 4])
+        boxes = tf.minimum(tf.maximum(boxes, 0.0), bounds)
 
         def per_image(args):
             image_boxes, image_scores, image_classes = args

@@ -191,7 +191,7 @@ def from_keras_hub(detector, num_classes=None, torchvision_rules=True):
     if torchvision_rules:
         architecture["group_norm_epsilon"] = 1e-5
     else:
-        architecture.update(extra_padding="same", max_detections=100)
+        architecture.update(extra_padding="same", max_detections=100, preprocessing="retinanet")
     model = build_torchvision_retinanet(
         int(num_classes) if new_classes else source_classes,
         mean=mean, std=std, class_names=class_names, **architecture,

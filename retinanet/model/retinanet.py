@@ -11,6 +11,7 @@ from retinanet.model.backbone import build_backbone
 from retinanet.model.fpn import FeaturePyramid
 from retinanet.model.heads import RetinaNetHead
 from retinanet.model.postprocess import DetectionPostprocessor
+from retinanet.preprocess import check_preprocessing, pad_color, pad_images
 from retinanet.schedules import default_optimizer
 
 
@@ -33,7 +34,8 @@ class RetinaNet(keras.Model):
 
     Feed raw RGB images with values in 0-255 (float or uint8) of any size; the model
     normalises them as its backbone expects and pads them inside to a multiple of
-    `anchor_generator.stride_multiple` (`2**max_level`, 128 by default).
+    `anchor_generator.stride_multiple` (`2**max_level`, 128 by default), bottom/right, with
+    the colour of its `preprocessing` rules.
 
     - `model(images)` returns the raw head outputs `{"cls_logits": [B, A, K],
       "box_deltas": [B, A, 4]}` in float32.
@@ -41,7 +43,9 @@ class RetinaNet(keras.Model):
       padded with -1, or the keras-cv dict `{"images", "bounding_boxes": {"boxes",
       "classes"}}`; targets are encoded inside `compute_loss`.
     - `model.predict` returns detections: `{"boxes": [B, D, 4] xyxy in input pixels,
-      "scores": [B, D], "classes": [B, D], "num_detections": [B]}`.
+      "scores": [B, D], "classes": [B, D], "num_detections": [B]}`, clipped to the input, or
+      to each image's `"image_sizes"` `[B, 2]` (height, width) when the input is a dict
+      `{"images", "image_sizes"}` (a batch of smaller images padded bottom/right).
 
     Args:
         num_classes: number of object classes K (no background class).
@@ -60,6 +64,12 @@ class RetinaNet(keras.Model):
         anchor_generator, label_encoder, fpn, classification_head, box_head, postprocessor:
             collaborators; defaults are built from the other arguments when None.
         class_names: optional list of the K class names (saved with the model).
+        preprocessing: the resize and padding rules its inputs follow, one of
+            `retinanet.preprocess.PREPROCESSING`: "retinanet" (black padding; the data
+            pipeline rounds resized sizes) or "torchvision" (torchvision's transform: the
+            padding is the mean colour, resized sizes are floored, boxes scaled per axis),
+            which torchvision's COCO detectors were trained with. Data pipelines and exports
+            read it from the model.
     """
 
     def __init__(
@@ -81,9 +91,11 @@ class RetinaNet(keras.Model):
         box_head=None,
         postprocessor=None,
         class_names=None,
+        preprocessing="retinanet",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.preprocessing = check_preprocessing(preprocessing)
         if class_names is not None and len(class_names) != int(num_classes):
             raise ValueError(
                 f"`class_names` needs {num_classes} names, got {len(class_names)}."
@@ -149,30 +161,39 @@ class RetinaNet(keras.Model):
 
     def call(self, inputs, training=False):
         images, _ = _images_and_targets(inputs, None)
-        images = tf.cast(images, self.compute_dtype)
         height, width = self._padded_size(images)
-        # Bottom/right padding leaves pixel coordinates, and so boxes, unchanged.
-        images = tf.pad(
-            images,
+        # Bottom/right padding leaves pixel coordinates, and so boxes, unchanged; padded in
+        # float32, where the padding colour is exact.
+        images = pad_images(
+            tf.cast(images, "float32"),
             [[0, 0], [0, height - tf.shape(images)[1]], [0, width - tf.shape(images)[2]], [0, 0]],
+            pad_color(self.preprocessing),
         )
+        images = tf.cast(images, self.compute_dtype)
         pyramid = self.fpn(self.backbone(images, training=training))
         return {
             "cls_logits": self.classification_head(pyramid),
             "box_deltas": self.box_head(pyramid),
         }
 
-    def detect(self, images, outputs=None):
-        """Detections for a batch of raw images (graph-friendly; `predict` uses it)."""
+    def detect(self, images, outputs=None, image_sizes=None):
+        """Detections for a batch of raw images (graph-friendly; `predict` uses it).
+
+        Boxes are clipped to `image_sizes` (int `[B, 2]` or `[2]`, height and width of the
+        images within the batch; an input dict's `"image_sizes"`), else to the input.
+        """
+        if isinstance(images, dict) and image_sizes is None:
+            image_sizes = images.get("image_sizes")
         images, _ = _images_and_targets(images, None)
         if outputs is None:
             outputs = self(images, training=False)
-        shape = tf.shape(images)
+        if image_sizes is None:
+            image_sizes = tf.shape(images)[1:3]
         return self.postprocessor(
             outputs["cls_logits"],
             outputs["box_deltas"],
             anchor_image_size=self._padded_size(images),
-            clip_size=(shape[1], shape[2]),
+            clip_size=image_sizes,
         )
 
     def predict_step(self, data):
@@ -301,6 +322,7 @@ class RetinaNet(keras.Model):
             **super().get_config(),
             "num_classes": self.num_classes,
             "class_names": self.class_names,
+            "preprocessing": self.preprocessing,
             "backbone": serialize(self.backbone),
             "anchor_generator": serialize(self.anchor_generator),
             "label_encoder": serialize(self.label_encoder),

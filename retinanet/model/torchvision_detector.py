@@ -55,13 +55,15 @@ def build_torchvision_retinanet(
     class_names=None,
     extra_padding="symmetric",
     max_detections=TORCHVISION_MAX_DETECTIONS,
+    preprocessing="torchvision",
 ):
     """A randomly initialised `RetinaNet` with torchvision's RetinaNet architecture.
 
     torchvision v1 (`retinanet_resnet50_fpn`) is `p6_input="p5"`; v2
     (`retinanet_resnet50_fpn_v2`) is `p6_input="c5", use_group_norm=True`. The defaults are
     torchvision's rules: P6 and P7 padded 1 on every side, GroupNorm epsilon 1e-5, anchors
-    in its convention (canvases padded to 32, strides `side // grid`), up to 300 detections.
+    in its convention (canvases padded to 32, strides `side // grid`), up to 300 detections,
+    and its transform's resizing and padding (`preprocessing`, see `retinanet.preprocess`).
 
     Args:
         num_classes: logits per anchor (91 for torchvision's COCO models).
@@ -74,6 +76,8 @@ def build_torchvision_retinanet(
         extra_padding: the P6/P7 convs' padding (`FeaturePyramid`); keras-hub's port uses
             `"same"`.
         max_detections: detections kept per image.
+        preprocessing: the inputs' resize and padding rules; keras-hub's port uses
+            `"retinanet"`'s black padding.
 
     Returns:
         A built `retinanet.RetinaNet` on the `"torchvision_resnet50"` backbone.
@@ -104,4 +108,5 @@ def build_torchvision_retinanet(
             anchor_generator=anchor_generator, max_detections=max_detections,
             name="postprocessor"),
         class_names=class_names,
+        preprocessing=preprocessing,
     )

@@ -136,6 +136,7 @@ def _pretrained_model(config, num_classes: int):
             classification_head=source.classification_head, box_head=source.box_head,
             postprocessor=build_postprocessor(config, anchor_generator, label_encoder),
             class_names=source.class_names if source.num_classes == num_classes else None,
+            preprocessing=model.preprocessing or source.preprocessing,
         )
 
 
@@ -174,7 +175,7 @@ def build_model(config, num_classes: int, num_replicas: int = 1):
                 fpn_filters=model.fpn_filters, head_convs=model.head_convs,
                 head_filters=model.head_filters, use_group_norm=model.use_group_norm,
                 anchor_generator=anchor_generator, label_encoder=label_encoder,
-                postprocessor=postprocessor,
+                postprocessor=postprocessor, preprocessing=model.preprocessing or "retinanet",
             )
     for layer in _keras_compat.all_layers(retinanet.backbone):
         if isinstance(layer, keras.layers.BatchNormalization):

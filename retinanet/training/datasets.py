@@ -167,15 +167,26 @@ def check_disjoint(train, val):
             "and val), or --config.data.allow_overlap=true")
 
 
-def train_pipeline(config, dataset, seed=None):
-    """Repeated training batches (fit with `steps_per_epoch`), see `retinanet.data.pipeline`."""
+def input_rules(config, model=None) -> dict:
+    """The canvas multiple and the preprocessing rules of the model's inputs: the model's
+    own when given (a pretrained detector brings its rules), else the config's."""
+    if model is not None and hasattr(model, "preprocessing"):  # not an exported model
+        return {"size_multiple": int(model.anchor_generator.stride_multiple),
+                "preprocessing": model.preprocessing}
+    return {"size_multiple": build_anchor_generator(config).stride_multiple,
+            "preprocessing": config.model.preprocessing or "retinanet"}
+
+
+def train_pipeline(config, dataset, seed=None, model=None):
+    """Repeated training batches (fit with `steps_per_epoch`), see `retinanet.data.pipeline`;
+    resized and padded as `model` wants (see `input_rules`)."""
     from retinanet.data import pipeline
 
     d = config.data
     with config_section("config.data"):
         data = pipeline(dataset, mode="train", batch_size=d.batch_size,
                         image_size=image_size(config), max_boxes=d.max_boxes,
-                        size_multiple=build_anchor_generator(config).stride_multiple,
+                        **input_rules(config, model),
                         horizontal_flip=d.horizontal_flip, scale_range=tuple(d.scale_range),
                         color_jitter=d.color_jitter, mosaic=d.mosaic,
                         seed=config.seed if seed is None else seed,
@@ -183,15 +194,16 @@ def train_pipeline(config, dataset, seed=None):
     return data.repeat()
 
 
-def eval_pipeline(config, dataset):
-    """Evaluation batches (resize and pad only), see `retinanet.data.pipeline`."""
+def eval_pipeline(config, dataset, model=None):
+    """Evaluation batches (resize and pad only), see `retinanet.data.pipeline` and
+    `input_rules`."""
     from retinanet.data import pipeline
 
     d = config.data
     with config_section("config.data"):
         return pipeline(dataset, mode="eval", batch_size=d.eval_batch_size,
                         image_size=image_size(config), max_boxes=d.max_boxes,
-                        size_multiple=build_anchor_generator(config).stride_multiple)
+                        **input_rules(config, model))
 
 
 def steps_per_epoch(config, num_train_images: int) -> int:

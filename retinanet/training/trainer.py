@@ -225,18 +225,6 @@ def _train(config, workdir: str, *, strategy: str, precision: str, verbose: int,
         if is_chief:
             _truncate_csv(csv_path, initial_epoch)
 
-    train_data = datasets.train_pipeline(config, train_set)
-    if config.train.deterministic and initial_epoch:
-        # Same batches as an uninterrupted run: the repeated stream is seeded, so skipping the
-        # finished epochs' batches continues it exactly.
-        train_data = train_data.skip(min(initial_epoch, epochs) * steps)
-    val_data = datasets.eval_pipeline(config, val_set)
-    if multi_worker:
-        options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = \
-            tf.data.experimental.AutoShardPolicy.DATA
-        train_data = train_data.with_options(options)
-
     with distribution.scope():
         model = builders.build_model(config, len(class_names),
                                     num_replicas=distribution.num_replicas_in_sync)
@@ -247,6 +235,18 @@ def _train(config, workdir: str, *, strategy: str, precision: str, verbose: int,
             from retinanet import _keras_compat
 
             _keras_compat.allow_multi_worker_fit(model)
+    # Resized and padded as the model wants (a pretrained detector brings its own rules).
+    train_data = datasets.train_pipeline(config, train_set, model=model)
+    if config.train.deterministic and initial_epoch:
+        # Same batches as an uninterrupted run: the repeated stream is seeded, so skipping the
+        # finished epochs' batches continues it exactly.
+        train_data = train_data.skip(min(initial_epoch, epochs) * steps)
+    val_data = datasets.eval_pipeline(config, val_set, model=model)
+    if multi_worker:
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = \
+            tf.data.experimental.AutoShardPolicy.DATA
+        train_data = train_data.with_options(options)
     # Only now, with the model built (the step that downloads or reads backbone weights and
     # fails on a bad weights setting), does the run leave files in the workdir.
     os.makedirs(write_dir, exist_ok=True)

@@ -10,7 +10,14 @@ come from `make_image`. For each version and image the file holds samples of eve
 detections in the image's pixels. torchvision's transform gets `min_size` = the image's
 shorter side, so it resizes by 1 (the identity) and pads the normalised image with zeros to
 a multiple of 32: the test feeds the package's model the same canvas (the image padded with
-the mean colour) and compares stage by stage. Commit the file (under 2 MB).
+the mean colour) and compares stage by stage.
+
+Then v1 detects both images as one batch with `RESIZE` (min_size, max_size): torchvision's
+whole transform (a float scale, sizes floored, boxes scaled per axis, the batch padded with
+zeros after normalising, boxes clipped to each resized image, mapped back to the image's
+pixels), and then each image alone (on its own canvas); the test runs the same images
+through the package's data pipeline (the batch) and its serving graph and exports (alone).
+Commit the file (under 2 MB).
 """
 
 import os
@@ -21,7 +28,7 @@ import torch
 from torchvision.models.detection import retinanet_resnet50_fpn, retinanet_resnet50_fpn_v2
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from torchvision_weights import (IMAGE_SIZES, NUM_CLASSES, SAMPLES,  # noqa: E402
+from torchvision_weights import (IMAGE_SIZES, NUM_CLASSES, RESIZE, SAMPLES,  # noqa: E402
                                  make_image, make_state_dict, sample_positions)
 
 
@@ -62,6 +69,28 @@ def main():
             print(key, "canvas", tuple(images.tensors.shape[2:]), "detections",
                   len(detections["scores"]), "feature scales",
                   [round(float(np.abs(f.numpy()).mean()), 3) for f in features])
+    model = retinanet_resnet50_fpn(weights=None, weights_backbone=None, num_classes=NUM_CLASSES,
+                                   min_size=RESIZE[0], max_size=RESIZE[1])
+    state = {k: torch.from_numpy(v) for k, v in make_state_dict("v1", NUM_CLASSES).items()}
+    model.load_state_dict(state, strict=False)
+    model.eval()
+    tensors = [torch.from_numpy(make_image(height, width, seed=index)).permute(2, 0, 1).float()
+               / 255 for index, (height, width) in enumerate(IMAGE_SIZES)]
+    with torch.no_grad():
+        images, _ = model.transform(tensors)
+        batch = model(tensors)
+    out["resized_canvas"] = np.array(images.tensors.shape[2:])
+    out["resized_sizes"] = np.array(images.image_sizes)
+    for index, detections in enumerate(batch):
+        for name in ("boxes", "scores", "labels"):
+            out[f"resized_image{index}_{name}"] = detections[name].numpy()
+    print("resized", out["resized_sizes"].tolist(), "canvas", out["resized_canvas"].tolist(),
+          "detections", [len(d["scores"]) for d in batch])
+    for index, tensor in enumerate(tensors):  # alone: each on its own canvas
+        with torch.no_grad():
+            (detections,) = model([tensor])
+        for name in ("boxes", "scores", "labels"):
+            out[f"alone_image{index}_{name}"] = detections[name].numpy()
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torchvision_reference.npz")
     np.savez_compressed(path, **out)
     print(path, os.path.getsize(path), "bytes")

@@ -85,6 +85,9 @@ def make_state_dict(version: str, num_classes: int, seed: int = 0) -> dict:
 
 # The reference images: two odd sizes, as (height, width).
 IMAGE_SIZES = ((333, 517), (600, 800))
+# torchvision's (min_size, max_size) for the batch that goes through its whole transform:
+# 333 x 517 becomes 320 x 496 and 600 x 800 becomes 320 x 426, on a 320 x 512 canvas.
+RESIZE = (320, 512)
 NUM_CLASSES = 5
 SAMPLES = 256  # sampled values per FPN level and per head output
 
