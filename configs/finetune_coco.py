@@ -16,7 +16,10 @@ What the preset expects, and why the values below:
   preset converter uses an 800 x 800 square instead (`--config.data.image_size=800`). Smaller
   sizes (e.g. 512) train faster and cost AP on small objects.
 - Normalisation: inside the model (torchvision's ImageNet mean and std on RGB / 255), like
-  every RetinaNet of this package: feed raw 0-255 images, nothing to configure.
+  every RetinaNet of this package: feed raw 0-255 images, nothing to configure. Resizing and
+  padding follow torchvision's transform (the preset's `preprocessing="torchvision"`: sides
+  floored, padding with the mean colour) in training, evaluation and predict;
+  `--config.model.preprocessing=retinanet` would switch to the package's own.
 - Architecture and anchors: the preset's (ResNet50 v1.5 FPN, torchvision's anchors); the
   `model.backbone`, widths and `model.anchors` fields do not apply. A dataset with another
   number of classes gets a new last layer of the class subnet; everything else is COCO's.

@@ -21,7 +21,10 @@ except importlib.metadata.PackageNotFoundError:  # a source tree on sys.path, no
     __version__ = "0+unknown"
 
 _LAZY = {
+    "ATSSMatcher": ("retinanet.matching", "ATSSMatcher"),
     "AnchorGenerator": ("retinanet.anchors", "AnchorGenerator"),
+    "BoxCoder": ("retinanet.box_coder", "BoxCoder"),
+    "IoUMatcher": ("retinanet.matching", "IoUMatcher"),
     "DetectionPostprocessor": ("retinanet.model", "DetectionPostprocessor"),
     "LabelEncoder": ("retinanet.matching", "LabelEncoder"),
     "RetinaNet": ("retinanet.model", "RetinaNet"),

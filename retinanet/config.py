@@ -30,6 +30,8 @@ from retinanet import atomic
 DATA_FORMATS = ("shapes", "coco", "voc", "yolo", "csv", "tfds")
 OPTIMIZERS = ("adam", "adamw", "sgd", "reference")
 BOX_LOSSES = ("smooth_l1", "giou", "diou", "ciou")
+CLASSIFICATION_LOSSES = ("focal", "quality_focal")
+MATCHING_METHODS = ("iou", "atss")
 SCHEDULES = ("constant", "cosine", "step")
 
 
@@ -95,9 +97,13 @@ def default_config() -> ml_collections.ConfigDict:
         aspect_ratios=(0.5, 1.0, 2.0),  # height / width
     ))
     config.model.matching = ml_collections.ConfigDict(dict(
+        # "iou": the paper's thresholds below; "atss": adaptive (per-object mean + std of
+        # the IoUs of the atss_top_k anchors per level nearest its centre).
+        method="iou",
         positive_iou=0.5,
         negative_iou=0.4,
         allow_low_quality_matches=True,
+        atss_top_k=9,
     ))
     config.model.postprocess = ml_collections.ConfigDict(dict(
         score_threshold=0.05,
@@ -168,8 +174,12 @@ def default_config() -> ml_collections.ConfigDict:
         weight_decay=0.0,
         clipnorm=10.0,  # 0: no clipping
         box_loss_weight=1.0,
+        # "focal" (the paper's) or "quality_focal": the class score learns its box's IoU
+        # (Generalized Focal Loss), so NMS keeps the best-placed box.
+        classification_loss="focal",
         focal_alpha=0.25,
         focal_gamma=2.0,
+        quality_focal_beta=2.0,
         smooth_l1_beta=1 / 9,
         # smooth_l1 (the paper's, on the encoded deltas; smooth_l1_beta=0 is L1), or an IoU
         # loss on the decoded boxes: giou (torchvision's v2), diou or ciou.
@@ -317,6 +327,9 @@ def validate(config):
     check_choice("config.train.optimizer", config.train.optimizer, OPTIMIZERS)
     check_choice("config.train.schedule", config.train.schedule, SCHEDULES)
     check_choice("config.train.box_loss", config.train.box_loss, BOX_LOSSES)
+    check_choice("config.train.classification_loss", config.train.classification_loss,
+                 CLASSIFICATION_LOSSES)
+    check_choice("config.model.matching.method", config.model.matching.method, MATCHING_METHODS)
     if config.model.preprocessing is not None:
         check_choice("config.model.preprocessing", config.model.preprocessing, PREPROCESSING)
     for field, value in (("config.train.epochs", config.train.epochs),

@@ -169,40 +169,84 @@ def iou_loss(boxes1, boxes2, kind="giou"):
 class IoULoss:
     """GIoU, DIoU or CIoU loss of positive anchors, on boxes decoded from the deltas.
 
-    Predicted and target deltas are decoded on their anchor with the box coder's weights
-    and clamps (`retinanet.ops.decode_boxes`), so extreme deltas stay finite; the loss is
-    `iou_loss` summed over positive anchors and divided by their number (at least 1).
+    The model decodes predicted and target deltas on their anchors with its box coder
+    (`retinanet.BoxCoder`, whose clamps keep extreme deltas finite) and passes both as
+    `decoded`; the loss is `iou_loss` summed over positive anchors and divided by their
+    number (at least 1).
 
     Args:
         kind: one of `IOU_LOSSES`.
-        box_weights: the coder's (wx, wy, ww, wh), the label encoder's.
 
     Call with `box_deltas`, `box_targets` `[B, A, 4]`, `anchor_states` `[B, A]` and
-    `anchors` `[A, 4]` xyxy (the model passes its anchors for the batch's canvas).
+    `decoded={"predicted": [B, A, 4], "target": [B, A, 4]}` xyxy boxes.
     """
 
-    needs_anchors = True
+    needs_decoded_boxes = True
 
-    def __init__(self, kind="giou", box_weights=(1.0, 1.0, 1.0, 1.0)):
+    def __init__(self, kind="giou"):
         if kind not in IOU_LOSSES:
             raise ValueError(f"`kind` must be one of {IOU_LOSSES}, got {kind!r}.")
         self.kind = kind
-        self.box_weights = tuple(float(w) for w in box_weights)
 
-    def __call__(self, box_deltas, box_targets, anchor_states, anchors=None):
-        from retinanet.ops import decode_boxes
-
-        if anchors is None:
-            raise ValueError("IoULoss needs the anchors (`anchors=`) to decode the boxes.")
-        anchors = tf.cast(anchors, tf.float32)[None]
-        predicted = decode_boxes(tf.cast(box_deltas, tf.float32), anchors, self.box_weights)
-        target = decode_boxes(tf.cast(box_targets, tf.float32), anchors, self.box_weights)
-        loss = iou_loss(predicted, target, self.kind)
+    def __call__(self, box_deltas, box_targets, anchor_states, decoded=None):
+        if decoded is None:
+            raise ValueError("IoULoss needs the decoded boxes (`decoded=`), which "
+                             "RetinaNet.compute_loss passes.")
+        loss = iou_loss(decoded["predicted"], decoded["target"], self.kind)
         loss = tf.where(tf.equal(anchor_states, POSITIVE), loss, 0.0)
         return tf.reduce_sum(loss) / _num_positives(anchor_states)
 
     def get_config(self):
-        return {"kind": self.kind, "box_weights": list(self.box_weights)}
+        return {"kind": self.kind}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config.pop("box_weights", None)  # now the model's box coder's
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="retinanet")
+class QualityFocalLoss:
+    """Quality focal loss (Li et al., "Generalized Focal Loss", NeurIPS 2020).
+
+    The class score learns the localisation quality: at a positive anchor the target of its
+    class is the IoU `q` of the anchor's predicted box with its ground-truth box (no
+    gradient through `q`), elsewhere 0, and each term is the binary cross-entropy against
+    that soft target, weighted by `|q - sigmoid(logit)| ** beta`. A well-placed box then
+    scores higher than a loose one, and NMS keeps it. Decoding is unchanged: the score is
+    still `sigmoid(logit)`.
+
+    Args:
+        beta: the focusing exponent (2 in the paper).
+
+    Call with `cls_logits` `[B, A, K]`, `cls_targets` and `anchor_states` `[B, A]` (as
+    `FocalLoss`) and `quality` float `[B, A]` in [0, 1]; returns the summed loss divided
+    by max(1, positive anchors).
+    """
+
+    needs_quality = True
+
+    def __init__(self, beta=2.0):
+        if beta < 0:
+            raise ValueError(f"`beta` must be non-negative, got {beta}.")
+        self.beta = float(beta)
+
+    def __call__(self, cls_logits, cls_targets, anchor_states, quality=None):
+        if quality is None:
+            raise ValueError("QualityFocalLoss needs `quality`, which RetinaNet.compute_loss "
+                             "passes.")
+        logits = tf.cast(cls_logits, tf.float32)
+        positive = tf.equal(anchor_states, POSITIVE)
+        one_hot = tf.one_hot(tf.where(positive, cls_targets, -1), tf.shape(logits)[-1])
+        soft = one_hot * tf.cast(quality, tf.float32)[..., None]
+        cross_entropy = tf.nn.sigmoid_cross_entropy_with_logits(labels=soft, logits=logits)
+        loss = cross_entropy * tf.pow(tf.abs(soft - tf.sigmoid(logits)), self.beta)
+        loss = tf.where(tf.equal(anchor_states, IGNORED), 0.0, tf.reduce_sum(loss, axis=-1))
+        return tf.reduce_sum(loss) / _num_positives(anchor_states)
+
+    def get_config(self):
+        return {"beta": self.beta}
 
     @classmethod
     def from_config(cls, config):

@@ -124,7 +124,7 @@ def test_build_model_uses_the_configured_collaborators():
     model = builders.build_model(config, num_classes=4)
     assert model.num_classes == 4
     assert model.anchor_generator.anchor_size == 3.0
-    assert model.label_encoder.positive_iou == 0.6
+    assert model.label_encoder.matcher.positive_iou == 0.6
     assert model.label_encoder.anchor_generator is model.anchor_generator
     assert model.postprocessor.score_threshold == 0.2
     norms = [layer for layer in _keras_compat.all_layers(model.backbone)
@@ -232,7 +232,17 @@ def test_box_loss_choice_builds_the_loss_with_the_coders_weights():
     config.train.box_loss = "ciou"
     builders.compile_model(model, config, total_steps=10)
     assert isinstance(model.box_loss, IoULoss) and model.box_loss.kind == "ciou"
-    assert model.box_loss.box_weights == tuple(model.label_encoder.box_weights)
+    config.train.classification_loss = "quality_focal"
+    config.model.matching.method = "atss"
+    model = builders.build_model(config, num_classes=2)
+    builders.compile_model(model, config, total_steps=10)
+    assert type(model.classification_loss).__name__ == "QualityFocalLoss"
+    assert type(model.label_encoder.matcher).__name__ == "ATSSMatcher"
+    assert model.label_encoder.matcher.top_k == config.model.matching.atss_top_k
+    config.model.matching.method = "topk"
+    with pytest.raises(rconfig.ConfigError, match=r"config\.model\.matching\.method"):
+        rconfig.validate(config)
+    config.model.matching.method = "iou"
     config.train.box_loss = "iou2"
     with pytest.raises(rconfig.ConfigError, match=r"config\.train\.box_loss: unknown box_loss"):
         rconfig.validate(config)

@@ -14,7 +14,7 @@ from retinanet.data.validation import Record
 from retinanet.diagnostics import (analytic_best_iou, anchor_coverage, data_health,
                                    fit_anchors, run_doctor, scaled_boxes, summary_text)
 from retinanet.atomic import json_ready
-from retinanet.matching import LabelEncoder
+from retinanet.matching import IoUMatcher, LabelEncoder
 
 
 def make_record(image_id, boxes, classes=None, height=64, width=64, path=None):
@@ -106,15 +106,14 @@ def test_coverage_agrees_with_the_matcher_and_box_iou(seed):
     records = random_records(seed)
     generator = AnchorGenerator()
     result = anchor_coverage(records, generator, 160, positive_iou=0.5, negative_iou=0.4)
-    encoder = LabelEncoder(generator, allow_low_quality_matches=True)
+    matcher = IoUMatcher(allow_low_quality_matches=True)
     positives, best = [], []
     for record in records:
         if not len(record):
             continue
         anchors = generator(256, 256)  # 160 rounds up to a 256 canvas
         boxes = tf.constant(record.boxes[None])
-        matched_index, states = encoder.match(anchors, boxes, tf.zeros([1, len(record)],
-                                                                       tf.int32))
+        matched_index, states = matcher(anchors, boxes, tf.zeros([1, len(record)], tf.int32))
         claimed = set(matched_index[0].numpy()[states[0].numpy() == 1].tolist())
         positives += [index in claimed for index in range(len(record))]
         best += ops.box_iou(record.boxes, anchors).numpy().max(axis=1).tolist()

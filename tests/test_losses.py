@@ -106,7 +106,15 @@ def test_invalid_loss_parameters_raise_naming_them(factory, name):
 from hypothesis import assume, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+from retinanet.box_coder import BoxCoder  # noqa: E402
 from retinanet.losses import IOU_LOSSES, IoULoss, iou_loss  # noqa: E402
+
+
+def _decoded(deltas, targets, anchors):
+    """What RetinaNet.compute_loss passes an IoU loss: both sets of deltas decoded."""
+    coder = BoxCoder()
+    return {"predicted": coder.decode(deltas, anchors[None]),
+            "target": coder.decode(targets, anchors[None])}
 
 
 def _torchvision_giou_loss(a, b):
@@ -168,7 +176,7 @@ def test_iou_loss_gradients_stay_finite_at_extremes(kind):
     targets = tf.constant([[[0.1, -0.2, 0.3, 0.0], [0.0, 0, 0, 0], [0.0, 0, 0, 0]]])
     states = tf.constant([[1, 1, 1]])
     with tf.GradientTape() as tape:
-        loss = IoULoss(kind)(deltas, targets, states, anchors=anchors)
+        loss = IoULoss(kind)(deltas, targets, states, _decoded(deltas, targets, anchors))
     gradient = tape.gradient(loss, deltas)
     assert np.isfinite(float(loss)) and np.all(np.isfinite(gradient.numpy()))
 
@@ -178,14 +186,17 @@ def test_iou_loss_counts_positive_anchors_only_and_round_trips():
     deltas = tf.constant([[[0.0, 0, 0, 0], [0.5, 0, 0, 0]]])
     targets = tf.zeros([1, 2, 4])
     # Only the first (exact) anchor is positive: loss 0; the second is negative.
-    assert float(IoULoss("giou")(deltas, targets, tf.constant([[1, 0]]), anchors=anchors)) == \
+    decoded = _decoded(deltas, targets, anchors)
+    assert float(IoULoss("giou")(deltas, targets, tf.constant([[1, 0]]), decoded)) == \
         pytest.approx(0.0, abs=1e-6)
-    shifted = float(IoULoss("giou")(deltas, targets, tf.constant([[0, 1]]), anchors=anchors))
+    shifted = float(IoULoss("giou")(deltas, targets, tf.constant([[0, 1]]), decoded))
     # Shifted by half its width: intersection 50 of union 150, enclosing 150.
     assert shifted == pytest.approx(1 - 1 / 3, rel=1e-5)
     again = keras.saving.deserialize_keras_object(
-        keras.saving.serialize_keras_object(IoULoss("ciou", (1.0, 1.0, 2.0, 2.0))))
-    assert again.get_config() == {"kind": "ciou", "box_weights": [1.0, 1.0, 2.0, 2.0]}
+        keras.saving.serialize_keras_object(IoULoss("ciou")))
+    assert again.get_config() == {"kind": "ciou"}
+    # A compile config saved when the loss held the coder's weights still loads.
+    assert IoULoss.from_config({"kind": "diou", "box_weights": [1, 1, 1, 1]}).kind == "diou"
 
 
 @pytest.mark.slow
@@ -201,3 +212,51 @@ def test_each_iou_loss_trains_through_fit(kind, tiny_retinanet):
                         verbose=0)
     losses = history.history["box_loss"]
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+
+# --------------------------------------------------------------------- quality focal loss
+
+from retinanet.losses import QualityFocalLoss  # noqa: E402
+
+
+def test_quality_focal_loss_by_hand():
+    # One positive anchor of class 1 with quality 0.6, two classes; one negative anchor;
+    # one ignored anchor (no loss whatever its logits).
+    logits = tf.constant([[[0.0, 1.0], [-1.0, 2.0], [5.0, 5.0]]])
+    loss = QualityFocalLoss(beta=2.0)(logits, tf.constant([[1, 0, 0]]),
+                                      tf.constant([[1, 0, -1]]), tf.constant([[0.6, 0, 0]]))
+
+    def term(logit, target):
+        p = 1 / (1 + np.exp(-logit))
+        return -(target * np.log(p) + (1 - target) * np.log(1 - p)) * abs(target - p) ** 2
+
+    expected = term(0.0, 0) + term(1.0, 0.6) + term(-1.0, 0) + term(2.0, 0)
+    assert float(loss) == pytest.approx(expected, rel=1e-5)  # one positive: divided by 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.floats(0.01, 0.99), st.floats(0.0, 1.0))
+def test_quality_focal_loss_is_least_where_the_score_is_the_quality(quality, other):
+    """The loss of a positive anchor's own class is 0 exactly when sigmoid(logit) = q, and
+    grows as the score moves away from q on either side."""
+    loss = QualityFocalLoss()
+
+    def at(score):
+        logit = np.log(score / (1 - score))
+        return float(loss(tf.constant([[[logit]]], tf.float32), tf.constant([[0]]),
+                          tf.constant([[1]]), tf.constant([[quality]], tf.float32)))
+
+    assert at(quality) == pytest.approx(0.0, abs=1e-6)
+    away = min(max(other, 0.001), 0.999)
+    if abs(away - quality) > 0.05:
+        assert at(away) > at(quality)
+        closer = (away + quality) / 2
+        assert at(away) >= at(closer) - 1e-7
+
+
+def test_quality_focal_loss_needs_the_quality():
+    with pytest.raises(ValueError, match="quality"):
+        QualityFocalLoss()(tf.zeros([1, 2, 3]), tf.zeros([1, 2], tf.int32),
+                           tf.zeros([1, 2], tf.int32))
+    with pytest.raises(ValueError, match="beta"):
+        QualityFocalLoss(beta=-1)

@@ -4,7 +4,7 @@ import tensorflow as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from retinanet import AnchorGenerator, LabelEncoder, ops
+from retinanet import AnchorGenerator, BoxCoder, IoUMatcher, LabelEncoder, ops
 
 # Docstring example: one 10x10 box against three anchors.
 ANCHORS = tf.constant([[0, 0, 10, 10], [0, 0, 10, 22], [20, 20, 30, 30]], tf.float32)
@@ -13,16 +13,16 @@ CLASS = tf.constant([[3]])
 
 
 def test_worked_example_positive_ignored_negative():
-    _, states = LabelEncoder().match(ANCHORS, BOX, CLASS)
+    _, states = IoUMatcher()(ANCHORS, BOX, CLASS)
     # IoUs 1.0, 100/220 = 0.4545 and 0.
     np.testing.assert_array_equal(states, [[1, -1, 0]])
 
 
 def test_low_quality_match_claims_the_best_anchor():
     anchors = ANCHORS[1:]
-    _, states = LabelEncoder().match(anchors, BOX, CLASS)
+    _, states = IoUMatcher()(anchors, BOX, CLASS)
     np.testing.assert_array_equal(states, [[1, 0]])
-    _, states = LabelEncoder(allow_low_quality_matches=False).match(anchors, BOX, CLASS)
+    _, states = IoUMatcher(allow_low_quality_matches=False)(anchors, BOX, CLASS)
     np.testing.assert_array_equal(states, [[-1, 0]])
 
 
@@ -31,16 +31,16 @@ def test_low_quality_match_goes_to_the_claiming_box():
     # claim with the higher IoU (A) wins.
     anchors = tf.constant([[0, 0, 10, 10], [30, 30, 40, 40]], tf.float32)
     boxes = tf.constant([[[0, 0, 10, 6], [0, 0, 3, 10]]], tf.float32)
-    index, states = LabelEncoder().match(anchors, boxes, tf.constant([[0, 1]]))
+    index, states = IoUMatcher()(anchors, boxes, tf.constant([[0, 1]]))
     np.testing.assert_array_equal(states, [[1, 0]])
     np.testing.assert_array_equal(index[:, 0], [0])
     # A lone box B claims anchor 0 for itself.
-    index, states = LabelEncoder().match(anchors, boxes[:, 1:], tf.constant([[1]]))
+    index, states = IoUMatcher()(anchors, boxes[:, 1:], tf.constant([[1]]))
     np.testing.assert_array_equal(states, [[1, 0]])
 
 
-def _encoder(**kwargs):
-    return LabelEncoder(AnchorGenerator(min_level=3, max_level=4), **kwargs)
+def _encoder(box_weights=(1.0, 1.0, 1.0, 1.0)):
+    return LabelEncoder(AnchorGenerator(min_level=3, max_level=4), box_coder=BoxCoder(box_weights))
 
 
 @pytest.mark.parametrize(
@@ -71,8 +71,8 @@ def test_targets_decode_back_to_the_matched_boxes():
     classes = np.array([[2, 0], [1, -1]], "int32")
     targets = encoder(boxes, classes, 64, 64)
     anchors = encoder.anchor_generator(64, 64)
-    index, states = encoder.match(anchors, boxes, classes)
-    decoded = ops.decode_boxes(targets["box_targets"], anchors[None], weights=encoder.box_weights)
+    index, states = encoder.matcher(anchors, boxes, classes)
+    decoded = ops.decode_boxes(targets["box_targets"], anchors[None], weights=encoder.box_coder.weights)
     positive = states.numpy() == 1
     assert positive[0].any() and positive[1].any()
     expected = np.take_along_axis(boxes, index.numpy()[..., None], axis=1)
@@ -108,8 +108,8 @@ box_coordinate = st.floats(-50, 300, allow_nan=False, width=32)
 )
 def test_random_boxes_give_valid_finite_targets(raw_boxes, negative_iou):
     encoder = LabelEncoder(
-        AnchorGenerator(min_level=3, max_level=5), positive_iou=max(negative_iou, 0.5),
-        negative_iou=min(negative_iou, 0.5),
+        AnchorGenerator(min_level=3, max_level=5),
+        IoUMatcher(positive_iou=max(negative_iou, 0.5), negative_iou=min(negative_iou, 0.5)),
     )
     boxes = np.array(
         [[min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)] for x1, y1, x2, y2 in raw_boxes],
@@ -134,14 +134,100 @@ def test_random_boxes_give_valid_finite_targets(raw_boxes, negative_iou):
     [
         ({"positive_iou": 0.3, "negative_iou": 0.4}, "negative_iou"),
         ({"positive_iou": 1.5}, "positive_iou"),
-        ({"box_weights": (1, 1, 1)}, "box_weights"),
     ],
 )
 def test_invalid_thresholds_and_box_weights_raise_naming_them(kwargs, name):
     with pytest.raises(ValueError, match=name):
-        LabelEncoder(**kwargs)
+        IoUMatcher(**kwargs)
+    with pytest.raises(ValueError, match="weights"):
+        BoxCoder((1, 1, 1))
 
 
 def test_bad_box_shape_names_the_argument():
     with pytest.raises(ValueError, match="boxes"):
         LabelEncoder()(np.zeros((2, 3, 5), "float32"), np.zeros((2, 3), "int32"), 128, 128)
+
+
+# ----------------------------------------------------------------------------------- ATSS
+
+from retinanet import ATSSMatcher  # noqa: E402
+
+# Two levels: four 10x10 anchors (centres (5, 5), (15, 5), (5, 15), (15, 15)), then one
+# 20x20 anchor centred at (10, 10).
+LEVELS = [tf.constant([[0, 0, 10, 10], [10, 0, 20, 10], [0, 10, 10, 20], [10, 10, 20, 20]],
+                      tf.float32), tf.constant([[0, 0, 20, 20]], tf.float32)]
+LEVEL_ANCHORS = tf.concat(LEVELS, axis=0)
+
+
+def _atss(boxes, top_k=2, anchors=LEVEL_ANCHORS, level_sizes=(4, 1)):
+    boxes = tf.constant([boxes], tf.float32)
+    classes = tf.zeros([1, boxes.shape[1]], tf.int32)
+    index, states = ATSSMatcher(top_k)(anchors, boxes, classes, list(level_sizes))
+    return index.numpy()[0], states.numpy()[0]
+
+
+def test_atss_threshold_is_the_mean_plus_std_of_the_candidates():
+    # Box [0, 0, 10, 10]: candidates anchor 0 (IoU 1) and anchor 1 (nearest tie, IoU 0) on
+    # level 0, the 20x20 anchor (IoU 0.25) on level 1: threshold 0.4167 + 0.5204 = 0.937.
+    _, states = _atss([[0, 0, 10, 10]])
+    np.testing.assert_array_equal(states, [1, 0, 0, 0, 0])
+
+
+def test_atss_keeps_an_object_smaller_than_every_anchor():
+    # A 4x4 box centred at (5, 5): IoUs 0.16, 0 and 0.04, so the threshold is
+    # 0.0667 + 0.0833 = 0.150 and anchor 0 (0.16, centre inside) is positive, where the
+    # IoU matcher at 0.5 without low-quality matches finds nothing.
+    _, states = _atss([[3, 3, 7, 7]])
+    np.testing.assert_array_equal(states, [1, 0, 0, 0, 0])
+    _, iou_states = IoUMatcher(allow_low_quality_matches=False)(
+        LEVEL_ANCHORS, tf.constant([[[3, 3, 7, 7]]], tf.float32), tf.zeros([1, 1], tf.int32))
+    assert not (iou_states.numpy() == 1).any()
+
+
+def test_atss_gives_an_anchor_two_objects_claim_to_the_higher_iou():
+    # Box B [0, 0, 12, 10] (listed first) and box A [0, 0, 10, 10] both select anchor 0:
+    # for B its IoU 0.833 passes B's threshold 0.411 + 0.379 = 0.790; for A it is 1.
+    index, states = _atss([[0, 0, 12, 10], [0, 0, 10, 10]])
+    np.testing.assert_array_equal(states, [1, 0, 0, 0, 0])
+    assert index[0] == 1  # A, the higher IoU
+
+
+def test_atss_positives_need_their_centre_inside_the_box():
+    # One level, every anchor a candidate: [0, 0, 10, 22] (IoU 0.4545, centre (5, 11) below
+    # the box), [2, 2, 8, 8] (IoU 0.36, centre inside) and seven far anchors (IoU 0). The
+    # threshold 0.0905 + 0.1812 = 0.272 passes both overlapping anchors; only the one whose
+    # centre is inside is positive.
+    far = [[100 + 10 * i, 100, 110 + 10 * i, 110] for i in range(7)]
+    anchors = tf.constant([[0, 0, 10, 22], [2, 2, 8, 8]] + far, tf.float32)
+    _, states = _atss([[0, 0, 10, 10]], top_k=9, anchors=anchors, level_sizes=(9,))
+    np.testing.assert_array_equal(states, [0, 1] + [0] * 7)
+
+
+def test_atss_without_boxes_and_with_padding_is_all_negative():
+    index, states = ATSSMatcher()(LEVEL_ANCHORS, -tf.ones([2, 3, 4]), -tf.ones([2, 3], tf.int32),
+                                  [4, 1])
+    np.testing.assert_array_equal(states, 0)
+    with pytest.raises(ValueError, match="level_sizes"):
+        ATSSMatcher()(LEVEL_ANCHORS, -tf.ones([1, 1, 4]), -tf.ones([1, 1], tf.int32))
+    with pytest.raises(ValueError, match="top_k"):
+        ATSSMatcher(top_k=0)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 100), st.floats(0, 100), st.floats(2, 60),
+                          st.floats(2, 60)), min_size=1, max_size=5))
+def test_atss_positives_lie_inside_their_box(raw_boxes):
+    """With the package's anchors, targets stay finite and every positive anchor's centre
+    is inside the box it is matched to."""
+    encoder = LabelEncoder(AnchorGenerator(min_level=3, max_level=5), ATSSMatcher())
+    boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in raw_boxes], np.float32)
+    targets = encoder(boxes[None], np.zeros((1, len(boxes)), np.int32), 128, 128)
+    anchors = encoder.anchor_generator(128, 128).numpy()
+    states = targets["anchor_states"].numpy()[0]
+    assert np.all(np.isfinite(targets["box_targets"].numpy()))
+    centres = (anchors[:, :2] + anchors[:, 2:]) / 2
+    index, _ = encoder.matcher(tf.constant(anchors), tf.constant(boxes[None]),
+                               tf.zeros([1, len(boxes)], tf.int32), [16 * 16 * 9, 64 * 9, 16 * 9])
+    for anchor in np.flatnonzero(states == 1):
+        box = boxes[index.numpy()[0, anchor]]
+        assert (box[:2] < centres[anchor]).all() and (centres[anchor] < box[2:]).all()

@@ -81,6 +81,58 @@ def test_torchvision_preprocessing_pads_with_the_mean_colour_and_clips_per_image
         tiny_retinanet(preprocessing="pytorch")
 
 
+def test_one_anchor_generator_and_box_coder_for_targets_losses_and_decoding(tiny_retinanet):
+    from retinanet import AnchorGenerator, ATSSMatcher, BoxCoder, LabelEncoder
+    from retinanet.model import DetectionPostprocessor
+
+    model = tiny_retinanet(matcher=ATSSMatcher(), box_coder=BoxCoder((2, 2, 1, 1)))
+    assert model.label_encoder.anchor_generator is model.anchor_generator
+    assert model.postprocessor.anchor_generator is model.anchor_generator
+    assert model.postprocessor.box_coder is model.box_coder is model.label_encoder.box_coder
+    assert isinstance(model.label_encoder.matcher, ATSSMatcher)
+    with pytest.raises(ValueError, match="anchor generator"):
+        tiny_retinanet(anchor_generator=AnchorGenerator(),
+                       label_encoder=LabelEncoder(AnchorGenerator(anchor_size=8.0)))
+    with pytest.raises(ValueError, match="box coder"):
+        tiny_retinanet(box_coder=BoxCoder((2, 2, 1, 1)),
+                       postprocessor=DetectionPostprocessor(AnchorGenerator()))
+    with pytest.raises(ValueError, match="not both"):
+        tiny_retinanet(matcher=ATSSMatcher(), label_encoder=LabelEncoder())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("option", ["atss", "quality_focal", "both"])
+def test_atss_and_quality_focal_loss_train_through_fit(option, tiny_retinanet):
+    import tensorflow as tf
+
+    from retinanet import ATSSMatcher
+    from retinanet.losses import QualityFocalLoss
+
+    keras.utils.set_random_seed(0)
+    images, boxes, classes = make_squares(num_images=8)
+    model = tiny_retinanet(matcher=ATSSMatcher() if option != "quality_focal" else None)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3),
+                  classification_loss=QualityFocalLoss() if option != "atss" else None)
+
+    def positive_scores():
+        encoded = model.label_encoder.encode(boxes, classes, 128, 128)
+        logits = tf.gather(model(images)["cls_logits"], tf.maximum(encoded["cls_targets"], 0),
+                           batch_dims=2)
+        return float(tf.reduce_mean(tf.boolean_mask(tf.sigmoid(logits),
+                                                    encoded["anchor_states"] == 1)))
+
+    before = positive_scores()
+    history = model.fit(images, {"boxes": boxes, "classes": classes}, batch_size=4, epochs=8,
+                        verbose=0).history
+    # Quality focal loss moves its own targets (the boxes' IoU rises as they train), so its
+    # total need not fall in a few steps; the box loss must, and positives' scores rise.
+    for name in ("loss", "cls_loss", "box_loss"):
+        assert all(np.isfinite(history[name])), name
+    assert history["box_loss"][-1] < history["box_loss"][0]
+    assert min(history["num_positives"]) > 0
+    assert positive_scores() > before
+
+
 def test_class_head_prior_and_gaussian_init():
     head = RetinaNetHead(80, 9, prior_probability=0.01)
     head.build([(None, 8, 8, 256)])

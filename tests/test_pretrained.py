@@ -70,7 +70,7 @@ def test_anchor_convention_defaults_to_centered_and_is_checked():
 def test_box_coder_matches_torchvision():
     # torchvision's RetinaNet: BoxCoder(weights=(1, 1, 1, 1)), dw and dh clamped at
     # log(1000 / 16) before exp.
-    assert retinanet.LabelEncoder().box_weights == (1.0, 1.0, 1.0, 1.0)
+    assert retinanet.LabelEncoder().box_coder.weights == (1.0, 1.0, 1.0, 1.0)
     assert retinanet.ops.BBOX_XFORM_CLIP == pytest.approx(np.log(1000.0 / 16))
 
 

@@ -91,7 +91,7 @@ def test_build_model_from_a_keras_file_uses_the_config_matching_and_decoding(
     config = _tiny_config(init_from=str(path))
     built = builders.build_model(config, num_classes=2)
     assert built.num_classes == 2
-    assert built.label_encoder.positive_iou == 0.6
+    assert built.label_encoder.matcher.positive_iou == 0.6
     assert built.postprocessor.max_detections == 7
     np.testing.assert_array_equal(built.box_head.output_conv.kernel.numpy(),
                                   model.box_head.output_conv.kernel.numpy())

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from retinanet.anchors import AnchorGenerator
-from retinanet.losses import FocalLoss, SmoothL1Loss
-from retinanet.matching import LabelEncoder
+from retinanet.box_coder import BoxCoder
+from retinanet.losses import FocalLoss, QualityFocalLoss, SmoothL1Loss
+from retinanet.matching import ATSSMatcher, IoUMatcher, LabelEncoder
 from retinanet.model.backbone import CaffePreprocessing
 from retinanet.model.fpn import FeaturePyramid
 from retinanet.model.heads import RetinaNetHead
@@ -31,8 +32,10 @@ def round_trip(obj):
 CASES = {
     "anchors": lambda: AnchorGenerator(3, 6, anchor_size=3, aspect_ratios=(1.0, 2.0)),
     "anchors_torchvision": lambda: AnchorGenerator(convention="torchvision"),
-    "label_encoder": lambda: LabelEncoder(AnchorGenerator(max_level=6), positive_iou=0.6,
-                                          box_weights=(10, 10, 5, 5)),
+    "label_encoder": lambda: LabelEncoder(AnchorGenerator(max_level=6), IoUMatcher(0.6),
+                                          BoxCoder((10, 10, 5, 5))),
+    "label_encoder_atss": lambda: LabelEncoder(matcher=ATSSMatcher(top_k=5)),
+    "quality_focal_loss": lambda: QualityFocalLoss(beta=1.5),
     "focal_loss": lambda: FocalLoss(alpha=0.5, gamma=1.5),
     "smooth_l1": lambda: SmoothL1Loss(beta=0.2),
     "schedule": lambda: WarmupStepDecay(0.01, [10, 20], decay_factor=0.5, warmup_steps=5),

@@ -28,10 +28,10 @@ def debug_anchors(config, dataset, output: str, num_images_to_draw: int = 16, ve
     from retinanet import visualization
 
     anchor_generator = builders.build_anchor_generator(config)
-    encoder = builders.build_label_encoder(config, anchor_generator)
+    matching = config.model.matching
     progbar = keras.utils.Progbar(len(dataset), verbose=verbose, unit_name="image")
     coverage = anchor_coverage(dataset, anchor_generator, rconfig.image_size(config),
-                               encoder.positive_iou, encoder.negative_iou,
+                               matching.positive_iou, matching.negative_iou,
                                progress=progbar.update)
     chosen = coverage.worst_images(num_images_to_draw)
     chosen += [i for i in range(len(dataset)) if i not in chosen][:num_images_to_draw - len(chosen)]

@@ -217,21 +217,20 @@ def anchor_coverage(data, anchor_generator, image_size, positive_iou=0.5, negati
     import tensorflow as tf
 
     from retinanet import ops
-    from retinanet.matching import LabelEncoder
+    from retinanet.matching import IoUMatcher
 
     records, class_names = records_and_names(data)
     if scaled is None:
         scaled = scaled_boxes(records, image_size, anchor_generator.stride_multiple)
     # The matcher decides low-quality matches; the thresholds only set positive states here.
-    encoder = LabelEncoder(anchor_generator, positive_iou=positive_iou,
-                           negative_iou=negative_iou, allow_low_quality_matches=True)
+    matcher = IoUMatcher(positive_iou, negative_iou, allow_low_quality_matches=True)
     num_boxes = len(scaled)
     best_iou = np.zeros(num_boxes, np.float32)
     best_anchor = np.zeros((num_boxes, 4), np.float32)
     matched_low_quality = np.zeros(num_boxes, bool)
 
     if low_quality:
-        match = encoder.match
+        match = matcher
     else:  # no matcher: the states are not needed
         def match(anchors, boxes, classes):
             return tf.zeros([1, tf.shape(anchors)[0]], tf.int32), tf.zeros(

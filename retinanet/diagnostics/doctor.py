@@ -242,9 +242,13 @@ def run_doctor(dataset, anchor_generator, label_encoder, image_size, max_boxes, 
 
     data_health = health.data_health(dataset, image_size, max_boxes, scaled=scaled,
                                      progress=progress_bar("Checking the images"))
+    matcher = label_encoder.matcher
+    # Coverage measures anchors by IoU; ATSS adapts its threshold per object, so the
+    # paper's 0.5 / 0.4 stand in for it.
+    positive_iou = getattr(matcher, "positive_iou", 0.5)
+    negative_iou = getattr(matcher, "negative_iou", 0.4)
     coverage = coverage_lib.anchor_coverage(
-        dataset, anchor_generator, image_size, label_encoder.positive_iou,
-        label_encoder.negative_iou, scaled=scaled,
+        dataset, anchor_generator, image_size, positive_iou, negative_iou, scaled=scaled,
         progress=progress_bar("Matching anchors to the boxes"))
     anchor_fit = fit_skipped = None
     if fit_anchors and len(scaled) < fitting.MIN_FIT_BOXES:
@@ -254,8 +258,8 @@ def run_doctor(dataset, anchor_generator, label_encoder, image_size, max_boxes, 
         if verbose:
             print("Fitting anchors", flush=True)
         anchor_fit = fitting.fit_anchors(
-            dataset, anchor_generator, image_size, label_encoder.positive_iou,
-            label_encoder.negative_iou, max_anchors_per_location=max_anchors_per_location,
+            dataset, anchor_generator, image_size, positive_iou, negative_iou,
+            max_anchors_per_location=max_anchors_per_location,
             before=coverage, scaled=scaled)
 
     plot_files = [
@@ -269,10 +273,8 @@ def run_doctor(dataset, anchor_generator, label_encoder, image_size, max_boxes, 
                     "num_classes": dataset.num_classes, "class_names": dataset.class_names},
         "settings": {"image_size": coverage.summary["image_size"], "max_boxes": int(max_boxes),
                      "anchors": coverage_lib.anchor_settings(anchor_generator),
-                     "matching": {"positive_iou": label_encoder.positive_iou,
-                                  "negative_iou": label_encoder.negative_iou,
-                                  "allow_low_quality_matches":
-                                      label_encoder.allow_low_quality_matches}},
+                     "matching": {"matcher": type(matcher).__name__,
+                                  **matcher.get_config()}},
         "health": data_health,
         "coverage": coverage.summary,
         "anchor_fit": anchor_fit,

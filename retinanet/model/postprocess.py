@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from retinanet import ops
 from retinanet.anchors import AnchorGenerator
+from retinanet.box_coder import BoxCoder
 
 
 @keras.saving.register_keras_serializable(package="retinanet")
@@ -32,7 +33,7 @@ class DetectionPostprocessor(keras.layers.Layer):
     def __init__(
         self,
         anchor_generator=None,
-        box_weights=(1.0, 1.0, 1.0, 1.0),
+        box_coder=None,
         score_threshold=0.05,
         pre_nms_topk_per_level=1000,
         iou_threshold=0.5,
@@ -52,7 +53,7 @@ class DetectionPostprocessor(keras.layers.Layer):
                 f"{pre_nms_topk_per_level} and {max_detections}."
             )
         self.anchor_generator = anchor_generator or AnchorGenerator()
-        self.box_weights = tuple(box_weights)
+        self.box_coder = box_coder or BoxCoder()
         self.score_threshold = float(score_threshold)
         self.pre_nms_topk_per_level = int(pre_nms_topk_per_level)
         self.iou_threshold = float(iou_threshold)
@@ -90,7 +91,7 @@ class DetectionPostprocessor(keras.layers.Layer):
         anchor_indices, classes, logits = self._candidates(cls_logits, anchor_image_size)
         scores = tf.sigmoid(logits)
         deltas = tf.gather(box_deltas, anchor_indices, batch_dims=1)  # [B, C, 4]
-        boxes = ops.decode_boxes(deltas, tf.gather(anchors, anchor_indices), self.box_weights)
+        boxes = self.box_coder.decode(deltas, tf.gather(anchors, anchor_indices))
         size = tf.cast(clip_size, tf.float32)  # [2] or [B, 2]: (height, width)
         bounds = tf.reshape(tf.gather(size, [1, 0, 1, 0], axis=-1), [-1, 1, 4])
         boxes = tf.minimum(tf.maximum(boxes, 0.0), bounds)
@@ -136,7 +137,7 @@ class DetectionPostprocessor(keras.layers.Layer):
         return {
             **super().get_config(),
             "anchor_generator": keras.saving.serialize_keras_object(self.anchor_generator),
-            "box_weights": list(self.box_weights),
+            "box_coder": keras.saving.serialize_keras_object(self.box_coder),
             "score_threshold": self.score_threshold,
             "pre_nms_topk_per_level": self.pre_nms_topk_per_level,
             "iou_threshold": self.iou_threshold,
@@ -149,6 +150,10 @@ class DetectionPostprocessor(keras.layers.Layer):
         config["anchor_generator"] = keras.saving.deserialize_keras_object(
             config["anchor_generator"]
         )
+        if "box_weights" in config:  # saved before the box coder was its own object
+            config["box_coder"] = BoxCoder(config.pop("box_weights"))
+        elif config.get("box_coder") is not None:
+            config["box_coder"] = keras.saving.deserialize_keras_object(config["box_coder"])
         return cls(**config)
 
 

@@ -3,7 +3,7 @@
 import keras
 import tensorflow as tf
 
-from retinanet import _keras_compat
+from retinanet import _keras_compat, ops
 from retinanet.anchors import AnchorGenerator
 from retinanet.losses import FocalLoss, SmoothL1Loss
 from retinanet.matching import POSITIVE, LabelEncoder
@@ -62,7 +62,12 @@ class RetinaNet(keras.Model):
         fpn_filters, head_convs, head_filters: widths and depth of the FPN and subnets.
         use_group_norm: GroupNorm(32) after each subnet conv.
         anchor_generator, label_encoder, fpn, classification_head, box_head, postprocessor:
-            collaborators; defaults are built from the other arguments when None.
+            collaborators; defaults are built from the other arguments when None. The model
+            owns one anchor generator and one box coder (the label encoder's) and hands them
+            to the label encoder and the postprocessor; given ones must agree with them.
+        matcher: the label encoder's anchor matcher when `label_encoder` is None
+            (`retinanet.IoUMatcher`, the default, or `retinanet.ATSSMatcher`).
+        box_coder: the label encoder's `retinanet.BoxCoder` when `label_encoder` is None.
         class_names: optional list of the K class names (saved with the model).
         preprocessing: the resize and padding rules its inputs follow, one of
             `retinanet.preprocess.PREPROCESSING`: "retinanet" (black padding; the data
@@ -92,6 +97,8 @@ class RetinaNet(keras.Model):
         postprocessor=None,
         class_names=None,
         preprocessing="retinanet",
+        matcher=None,
+        box_coder=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -114,8 +121,16 @@ class RetinaNet(keras.Model):
         elif freeze_backbone:
             backbone.trainable = False
         self.backbone = backbone
-        self.anchor_generator = anchor_generator or AnchorGenerator()
-        self.label_encoder = label_encoder or LabelEncoder(self.anchor_generator)
+        self.anchor_generator = anchor_generator or next(
+            (part.anchor_generator for part in (label_encoder, postprocessor) if part), None
+        ) or AnchorGenerator()
+        if label_encoder is None:
+            label_encoder = LabelEncoder(self.anchor_generator, matcher, box_coder)
+        elif matcher is not None or box_coder is not None:
+            raise ValueError("Pass `matcher` and `box_coder`, or a `label_encoder` holding "
+                             "them, not both.")
+        self.label_encoder = label_encoder
+        self.box_coder = label_encoder.box_coder
         num_anchors = self.anchor_generator.num_anchors_per_location
         self.fpn = fpn or FeaturePyramid(fpn_filters, self.anchor_generator.max_level, name="fpn")
         self.classification_head = classification_head or RetinaNetHead(
@@ -127,8 +142,9 @@ class RetinaNet(keras.Model):
             use_group_norm=use_group_norm, name="box_head",
         )
         self.postprocessor = postprocessor or DetectionPostprocessor(
-            self.anchor_generator, self.label_encoder.box_weights, name="postprocessor"
+            self.anchor_generator, self.box_coder, name="postprocessor"
         )
+        self._share_anchors_and_coder()
         if self.anchor_generator.min_level != 3:
             raise ValueError(
                 "The FPN produces levels from P3: `anchor_generator.min_level` must be 3, "
@@ -141,6 +157,20 @@ class RetinaNet(keras.Model):
         self.box_loss_tracker = keras.metrics.Mean(name="box_loss")
         self.num_positives_tracker = keras.metrics.Mean(name="num_positives")
         self.build((None, None, None, 3))
+
+    def _share_anchors_and_coder(self):
+        """One anchor generator and one box coder for targets, losses and decoding."""
+        ours = self.anchor_generator.get_config()
+        for name, part in (("label_encoder", self.label_encoder),
+                           ("postprocessor", self.postprocessor)):
+            if part.anchor_generator.get_config() != ours:
+                raise ValueError(f"`{name}`'s anchor generator {part.anchor_generator.get_config()}"
+                                 f" differs from the model's `anchor_generator` {ours}.")
+            part.anchor_generator = self.anchor_generator
+        if self.postprocessor.box_coder != self.box_coder:
+            raise ValueError(f"`postprocessor`'s box coder weights {self.postprocessor.box_coder.weights}"
+                             f" differ from the label encoder's {self.box_coder.weights}.")
+        self.postprocessor.box_coder = self.box_coder
 
     def build(self, input_shape=None):
         if self.built:
@@ -249,11 +279,24 @@ class RetinaNet(keras.Model):
         height, width = self._padded_size(images)
         encoded = self.label_encoder.encode(targets["boxes"], targets["classes"], height, width)
         states = encoded["anchor_states"]
-        cls_loss = self.classification_loss(y_pred["cls_logits"], encoded["cls_targets"], states)
+        cls_arguments = (y_pred["cls_logits"], encoded["cls_targets"], states)
         box_arguments = (y_pred["box_deltas"], encoded["box_targets"], states)
-        if getattr(self.box_loss, "needs_anchors", False):  # losses on decoded boxes
-            box_loss = self.box_loss(*box_arguments,
-                                     anchors=self.anchor_generator(height, width))
+        decoded = {}
+        if getattr(self.box_loss, "needs_decoded_boxes", False) or \
+                getattr(self.classification_loss, "needs_quality", False):
+            anchors = self.anchor_generator(height, width)[None]
+            decoded = {"predicted": self.box_coder.decode(
+                           tf.cast(y_pred["box_deltas"], tf.float32), anchors),
+                       "target": self.box_coder.decode(encoded["box_targets"], anchors)}
+        if getattr(self.classification_loss, "needs_quality", False):
+            # The class score's target at positives: the IoU its box reaches now.
+            quality = ops.aligned_iou(decoded["predicted"], decoded["target"])
+            cls_loss = self.classification_loss(*cls_arguments,
+                                                quality=tf.stop_gradient(quality))
+        else:
+            cls_loss = self.classification_loss(*cls_arguments)
+        if getattr(self.box_loss, "needs_decoded_boxes", False):  # losses on decoded boxes
+            box_loss = self.box_loss(*box_arguments, decoded=decoded)
         else:
             box_loss = self.box_loss(*box_arguments)
         box_loss = self.box_loss_weight * box_loss

@@ -5,7 +5,7 @@ unless an argument says otherwise. Every function accepts numpy arrays or tensor
 tensors, has no state and works eagerly and inside a `tf.function`.
 """
 
-from retinanet.ops.boxes import BOX_FORMATS, box_iou, convert_format
+from retinanet.ops.boxes import BOX_FORMATS, aligned_iou, box_iou, convert_format
 from retinanet.ops.coder import BBOX_SHIFT_CLIP, BBOX_XFORM_CLIP, decode_boxes, encode_boxes
 from retinanet.ops.nms import batched_nms, nms, soft_nms
 
@@ -13,6 +13,7 @@ __all__ = [
     "BBOX_SHIFT_CLIP",
     "BBOX_XFORM_CLIP",
     "BOX_FORMATS",
+    "aligned_iou",
     "batched_nms",
     "box_iou",
     "convert_format",

@@ -118,8 +118,25 @@ def box_iou(boxes1, boxes2):
             )
 
     # [..., N, 1, 4] against [..., 1, M, 4] broadcasts to [..., N, M].
-    b1 = boxes1[..., :, None, :]
-    b2 = boxes2[..., None, :, :]
+    return _iou(boxes1[..., :, None, :], boxes2[..., None, :, :])
+
+
+def aligned_iou(boxes1, boxes2):
+    """IoU of boxes paired row by row (e.g. each predicted box with its target).
+
+    Args:
+        boxes1, boxes2: float Tensor `[..., 4]`, xyxy, broadcastable shapes.
+
+    Returns:
+        float32 Tensor `[...]` in [0, 1]; zero-area, inverted and padding boxes give 0.
+    """
+    boxes1 = to_tensor(boxes1, "boxes1", tf.float32)
+    boxes2 = to_tensor(boxes2, "boxes2", tf.float32)
+    return _iou(boxes1, boxes2)
+
+
+def _iou(b1, b2):
+    """IoU of broadcastable xyxy `[..., 4]` boxes."""
     inter_w = tf.minimum(b1[..., 2], b2[..., 2]) - tf.maximum(b1[..., 0], b2[..., 0])
     inter_h = tf.minimum(b1[..., 3], b2[..., 3]) - tf.maximum(b1[..., 1], b2[..., 1])
     intersection = tf.maximum(inter_w, 0.0) * tf.maximum(inter_h, 0.0)

@@ -34,15 +34,18 @@ def build_anchor_generator(config):
 
 
 def build_label_encoder(config, anchor_generator=None):
-    from retinanet.matching import LabelEncoder
+    from retinanet.matching import ATSSMatcher, IoUMatcher, LabelEncoder
 
     matching = config.model.matching
     anchor_generator = anchor_generator or build_anchor_generator(config)
     with config_section("config.model.matching"):
-        return LabelEncoder(anchor_generator=anchor_generator,
-                            positive_iou=matching.positive_iou,
-                            negative_iou=matching.negative_iou,
-                            allow_low_quality_matches=matching.allow_low_quality_matches)
+        if matching.method == "atss":
+            matcher = ATSSMatcher(top_k=matching.atss_top_k)
+        else:
+            matcher = IoUMatcher(positive_iou=matching.positive_iou,
+                                 negative_iou=matching.negative_iou,
+                                 allow_low_quality_matches=matching.allow_low_quality_matches)
+        return LabelEncoder(anchor_generator=anchor_generator, matcher=matcher)
 
 
 def build_postprocessor(config, anchor_generator, label_encoder):
@@ -51,7 +54,7 @@ def build_postprocessor(config, anchor_generator, label_encoder):
     post = config.model.postprocess
     with config_section("config.model.postprocess"):
         return DetectionPostprocessor(
-            anchor_generator=anchor_generator, box_weights=label_encoder.box_weights,
+            anchor_generator=anchor_generator, box_coder=label_encoder.box_coder,
             score_threshold=post.score_threshold,
             pre_nms_topk_per_level=post.pre_nms_topk_per_level,
             iou_threshold=post.iou_threshold, max_detections=post.max_detections,
@@ -245,15 +248,18 @@ def build_optimizer(config, total_steps: int):
 
 def compile_model(model, config, total_steps: int):
     """`model.compile` with the configured optimiser, losses and XLA setting."""
-    from retinanet.losses import FocalLoss, IoULoss, SmoothL1Loss
+    from retinanet.losses import FocalLoss, IoULoss, QualityFocalLoss, SmoothL1Loss
 
     train = config.train
     with config_section("config.train"):
         box_loss = SmoothL1Loss(beta=train.smooth_l1_beta) if train.box_loss == "smooth_l1" \
-            else IoULoss(train.box_loss, box_weights=model.label_encoder.box_weights)
+            else IoULoss(train.box_loss)
+        classification_loss = QualityFocalLoss(beta=train.quality_focal_beta) \
+            if train.classification_loss == "quality_focal" \
+            else FocalLoss(alpha=train.focal_alpha, gamma=train.focal_gamma)
         model.compile(
             optimizer=build_optimizer(config, total_steps),
-            classification_loss=FocalLoss(alpha=train.focal_alpha, gamma=train.focal_gamma),
+            classification_loss=classification_loss,
             box_loss=box_loss,
             box_loss_weight=train.box_loss_weight,
             jit_compile=train.jit_compile,
