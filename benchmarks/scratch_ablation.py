@@ -59,6 +59,12 @@ VARIANTS = {
              ("model.head_filters", 96)],
     "deep": [("model.simple_blocks", 2)],
     "jit": [("train.jit_compile", True)],
+    # Issue 29: boxes that land.
+    "giou": [("train.box_loss", "giou")],
+    "atss": [("model.matching.method", "atss")],
+    "qfl": [("train.classification_loss", "quality_focal")],
+    "atss_qfl_giou": [("model.matching.method", "atss"),
+                      ("train.classification_loss", "quality_focal"), ("train.box_loss", "giou")],
     "lr_warmup_100": [("train.warmup_steps", 100)],
 }
 
@@ -97,6 +103,15 @@ def configure(variants, steps, seed, evaluate_on, budget_minutes, val_fraction=0
         config.train.steps_per_epoch = 50
         config.train.epochs = max(1, round(steps / 50))
     return config
+
+
+def _localization(workdir):
+    """The TIDE localisation error (dAP50) of the run's final evaluation, if it wrote one."""
+    path = os.path.join(workdir, "analysis.json")
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as file:
+        return json.load(file)["tide"]["main"]["localization"]
 
 
 class _KerasCVDetections:
@@ -202,6 +217,7 @@ def main(argv=None):
            "steps": (metrics["time_budget"]["steps_done"] if "time_budget" in metrics
                      else config.train.epochs * config.train.steps_per_epoch),
            "AP": metrics["coco"]["AP"], "AP50": metrics["coco"]["AP50"],
+           "AP75": metrics["coco"]["AP75"], "localization_dAP": _localization(args.workdir),
            "cpu_s": round(time.process_time() - cpu), "wall_s": round(time.monotonic() - wall),
            "time_budget": metrics.get("time_budget")}
     print(json.dumps(row), flush=True)

@@ -16,6 +16,8 @@ FORBIDDEN = {
     "export": ("retinanet.training", "retinanet.apps"),
     "config.py": ("retinanet.model", "retinanet.training", "retinanet.apps"),
     "schedules.py": ("retinanet.model", "retinanet.training", "retinanet.apps"),
+    "box_coder.py": ("retinanet.model", "retinanet.training", "retinanet.apps", "retinanet.data"),
+    "matching.py": ("retinanet.model", "retinanet.training", "retinanet.apps", "retinanet.data"),
 }
 
 
