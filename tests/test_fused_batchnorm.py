@@ -246,6 +246,25 @@ def test_legacy_h5_weights_load_into_the_fused_layer(tmp_path, by_name):
         _assert_close(fused_model(x, training=training), plain_model(x, training=training))
 
 
+def test_model_fit_matches_keras():
+    # Keras's own training loop (a compiled train step, XLA where Keras chooses it).
+    rng = np.random.default_rng(11)
+    images = rng.normal(2.0, 3.0, (8, 6, 6, 3)).astype("float32")
+    targets = rng.normal(size=(8, 6, 6, 8)).astype("float32")
+    results = []
+    for batchnorm in (keras.layers.BatchNormalization, FusedBatchNormalization):
+        keras.utils.set_random_seed(1)
+        model = _small_model(batchnorm=batchnorm)
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+        history = model.fit(images, targets, batch_size=4, epochs=2, shuffle=False,
+                            verbose=0)
+        results.append((history.history["loss"], model.get_weights()))
+    (plain_loss, plain_weights), (fused_loss, fused_weights) = results
+    _assert_close(fused_loss, plain_loss)
+    for expected, actual in zip(plain_weights, fused_weights):
+        _assert_close(actual, expected)
+
+
 def _nested_model():
     """A functional model around a nested functional model, a nested Sequential, and a
     frozen batch normalisation."""

@@ -21,7 +21,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     """`keras.layers.BatchNormalization` computed with TensorFlow's fused kernel.
 
     Same constructor, variables (`gamma`, `beta`, `moving_mean`, `moving_variance`) and
-    config as Keras's layer, so its weights and `.keras` files load into either class.
+    config as Keras's layer (registered, so `.keras` files holding it load back).
 
     The fused path: training mode (`training=True` on a trainable layer), inputs and
     outputs `[B, H, W, C]` (NHWC, `axis=-1`) of float32, float16 or bfloat16 (the
@@ -105,14 +105,12 @@ def fuse_batchnorm(model):
 
     `model`: a built functional or sequential `keras.Model` (e.g. a
     `keras.applications.ResNet50`). The original is left unchanged and shares no
-    variables with the copy. Raises ValueError for other kinds of model.
+    variables with the copy. Raises ValueError for other kinds of model, and where a
+    weight finds no counterpart of the same name and shape in the copy (a subclassed
+    model nested inside, whose sublayers' generated names change when cloned).
     """
     if not isinstance(model, keras.Model):
         raise ValueError(f"`model` must be a keras.Model, got {type(model).__name__}.")
-    if not isinstance(model, (keras.Sequential, keras.src.models.Functional)):
-        raise ValueError(f"`model` must be a functional or sequential keras.Model "
-                         f"(a subclassed model cannot be cloned), got "
-                         f"{type(model).__name__}.")
 
     def clone_layer(layer):
         config = layer.get_config()
@@ -120,15 +118,19 @@ def fuse_batchnorm(model):
             return FusedBatchNormalization.from_config(config)
         return layer.__class__.from_config(config)
 
-    fused = keras.models.clone_model(model, clone_function=clone_layer, recursive=True)
+    try:
+        fused = keras.models.clone_model(model, clone_function=clone_layer, recursive=True)
+    except ValueError as error:  # Keras's answer to a subclassed model
+        raise ValueError(f"`model` must be a functional or sequential keras.Model, got "
+                         f"{type(model).__name__}: {error}") from error
     _copy_weights(model, fused)
     return fused
 
 
 def _copy_weights(source, target):
     # Layers pair up by name (unique within a functional or sequential model), nested
-    # models recursively: cloning may reorder layers of equal depth, and a copy by
-    # position would then swap the weights of two same-shaped layers silently.
+    # models recursively, not by position: should the copy ever order its layers
+    # differently, a copy by position would swap two same-shaped layers' weights silently.
     if len(source.weights) != len(target.weights):
         raise ValueError(f"`model` {source.name!r} has {len(source.weights)} weights, its "
                          f"copy {len(target.weights)}.")
