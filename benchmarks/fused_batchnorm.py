@@ -82,8 +82,8 @@ def run(batch, size, steps, warmup, mode):
     print(f"batch {batch} {size}x{size} {mode:6s} ({steps} steps): "
           f"plain {plain_wall:.3f} s wall / {plain_cpu:.3f} s CPU, "
           f"fused {fused_wall:.3f} s wall / {fused_cpu:.3f} s CPU; "
-          f"plain/fused {plain_wall / fused_wall:.2f}x wall, {plain_cpu / fused_cpu:.2f}x CPU",
-          flush=True)
+          f"plain/fused {plain_wall / fused_wall:.2f}x wall, "
+          f"{plain_cpu / fused_cpu:.2f}x CPU", flush=True)
     return medians
 
 

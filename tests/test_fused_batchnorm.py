@@ -295,14 +295,14 @@ def test_fuse_batchnorm_on_nested_model():
         variable.assign(rng.uniform(0.5, 1.5, variable.shape).astype("float32"))
     fused = fuse_batchnorm(model)
 
-    original_bns = [l for l in _all_layers(model)
-                    if isinstance(l, keras.layers.BatchNormalization)]
-    fused_bns = [l for l in _all_layers(fused)
-                 if isinstance(l, keras.layers.BatchNormalization)]
+    original_bns = [layer for layer in _all_layers(model)
+                    if isinstance(layer, keras.layers.BatchNormalization)]
+    fused_bns = [layer for layer in _all_layers(fused)
+                 if isinstance(layer, keras.layers.BatchNormalization)]
     assert len(original_bns) == len(fused_bns) == 4
-    assert all(type(l) is keras.layers.BatchNormalization for l in original_bns)
-    assert all(type(l) is FusedBatchNormalization for l in fused_bns)
-    assert ([l.name for l in fused_bns] == [l.name for l in original_bns]
+    assert all(type(layer) is keras.layers.BatchNormalization for layer in original_bns)
+    assert all(type(layer) is FusedBatchNormalization for layer in fused_bns)
+    assert ([layer.name for layer in fused_bns] == [layer.name for layer in original_bns]
             == ["bn1", "bn2", "frozen_bn", "seq_bn"])
     assert not fused.get_layer("frozen_bn").trainable
     # A copy: no variable shared.
@@ -334,8 +334,9 @@ def test_fuse_batchnorm_on_resnet50():
         if isinstance(layer, keras.layers.BatchNormalization):
             _random_weights(layer, rng)
     fused = fuse_batchnorm(model)
-    assert sum(type(l) is FusedBatchNormalization for l in fused.layers) == 53
-    assert not any(type(l) is keras.layers.BatchNormalization for l in fused.layers)
+    assert sum(type(layer) is FusedBatchNormalization for layer in fused.layers) == 53
+    assert not any(type(layer) is keras.layers.BatchNormalization
+                   for layer in fused.layers)
     x = tf.constant(rng.uniform(0, 255, (2, 64, 64, 3)).astype("float32"))
     _assert_close(fused(x, training=False), model(x, training=False), 1e-5)
     # Training mode through 53 layers normalising by batch moments of as few as 8 values
