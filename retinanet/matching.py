@@ -215,13 +215,16 @@ class LabelEncoder:
         self.matcher = matcher or IoUMatcher()
         self.box_coder = box_coder or BoxCoder()
 
-    def encode(self, boxes, classes, height, width):
+    def encode(self, boxes, classes, height, width, trim_padding=True):
         """Per-anchor training targets for a batch.
 
         Args:
             boxes: float Tensor `[B, N, 4]`, xyxy absolute pixels, padded with -1.
             classes: int Tensor `[B, N]`, padded with -1.
             height, width: the (padded) image size the anchors cover.
+            trim_padding: match against the boxes up to the batch's last real one only
+                (the same targets, much cheaper for batches padded to `max_boxes`; off
+                under XLA, which needs static shapes).
 
         Returns:
             A dict with
@@ -235,6 +238,12 @@ class LabelEncoder:
             raise ValueError(f"`boxes` must have shape [B, N, 4], got {boxes.shape}.")
         if classes.shape.rank != 2:
             raise ValueError(f"`classes` must have shape [B, N], got {classes.shape}.")
+        if trim_padding:
+            # Matching costs A x N, and batches are padded to max_boxes (100) where photos
+            # hold a few: drop the columns past the batch's last box.
+            positions = tf.range(1, tf.shape(classes)[1] + 1)[None]
+            count = tf.reduce_max(tf.where(classes >= 0, positions, 0))
+            boxes, classes = boxes[:, :count], classes[:, :count]
         levels = self.anchor_generator.anchors_per_level(height, width)
         anchors = tf.concat(levels, axis=0)
         matched_index, states = self.matcher(anchors, boxes, classes,
@@ -255,8 +264,8 @@ class LabelEncoder:
             "anchor_states": states,
         }
 
-    def __call__(self, boxes, classes, height, width):
-        return self.encode(boxes, classes, height, width)
+    def __call__(self, boxes, classes, height, width, trim_padding=True):
+        return self.encode(boxes, classes, height, width, trim_padding)
 
     def get_config(self):
         serialize = keras.saving.serialize_keras_object

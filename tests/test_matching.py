@@ -231,3 +231,21 @@ def test_atss_positives_lie_inside_their_box(raw_boxes):
     for anchor in np.flatnonzero(states == 1):
         box = boxes[index.numpy()[0, anchor]]
         assert (box[:2] < centres[anchor]).all() and (centres[anchor] < box[2:]).all()
+
+
+@pytest.mark.parametrize("matcher", [IoUMatcher(), ATSSMatcher()], ids=["iou", "atss"])
+def test_padding_past_the_last_box_changes_no_target(matcher):
+    """Matching drops the padding columns after the batch's last box (a speed-up): the
+    targets equal those of the untrimmed batch, and of the same boxes padded less."""
+    encoder = LabelEncoder(AnchorGenerator(min_level=3, max_level=5), matcher)
+    boxes = -np.ones((2, 50, 4), np.float32)
+    classes = -np.ones((2, 50), np.int32)
+    boxes[0, :2] = [[10, 12, 60, 70], [40, 30, 120, 110]]
+    boxes[1, :3] = [[0, 0, 30, 20], [-1, -1, -1, -1], [64, 64, 128, 128]]  # a hole
+    classes[0, :2], classes[1, :3] = [1, 0], [2, -1, 1]
+    trimmed = encoder(boxes, classes, 128, 128)
+    for other in (encoder(boxes, classes, 128, 128, trim_padding=False),
+                  encoder(boxes[:, :3], classes[:, :3], 128, 128)):
+        for key in trimmed:
+            np.testing.assert_array_equal(trimmed[key], other[key], err_msg=key)
+    assert (trimmed["anchor_states"].numpy() == 1).sum(axis=1).min() > 0

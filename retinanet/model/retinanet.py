@@ -277,7 +277,8 @@ class RetinaNet(keras.Model):
                 f"got {type(targets).__name__}."
             )
         height, width = self._padded_size(images)
-        encoded = self.label_encoder.encode(targets["boxes"], targets["classes"], height, width)
+        encoded = self.label_encoder.encode(targets["boxes"], targets["classes"], height, width,
+                                            trim_padding=not self.jit_compile)
         states = encoded["anchor_states"]
         cls_arguments = (y_pred["cls_logits"], encoded["cls_targets"], states)
         box_arguments = (y_pred["box_deltas"], encoded["box_targets"], states)
