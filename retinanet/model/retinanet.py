@@ -62,7 +62,9 @@ class RetinaNet(keras.Model):
         fused_batchnorm: the backbone's batch norm through TensorFlow's fused kernel in
             training mode (`retinanet.model.fused_batchnorm`; named backbones): the same
             results, a faster training step when the statistics train (not frozen). Saved
-            with the backbone's layers, so a `.keras` file loads back as it was built.
+            with the backbone's layers, so a `.keras` file loads back as it was built; a
+            whole model's `.weights.h5` (Keras keys weights by layer class) loads only into
+            a model built with the same setting.
         fpn_filters, head_convs, head_filters: widths and depth of the FPN and subnets.
         use_group_norm: GroupNorm(32) after each subnet conv.
         anchor_generator, label_encoder, fpn, classification_head, box_head, postprocessor:
