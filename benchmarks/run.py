@@ -3,6 +3,16 @@
     python benchmarks/run.py --quick     # batch 2, up to 3 rounds, under 10 minutes
     python benchmarks/run.py             # full: batch 2 and 8, 5 rounds, profile
     python benchmarks/run.py --gpu       # accelerator: mixed precision + XLA, 640 px, batch 16
+    python benchmarks/run.py --quick --phases train --train-mode fine-tuning
+
+Train modes (`--train-mode`; the peers always train as they are built, every layer and every
+batch statistic, from random weights):
+  equal-work    (default) ours with every backbone layer trainable and batch statistics
+                updating (frozen_batchnorm=False, frozen_early_stages=False): the same work
+                per step as the peers
+  fine-tuning   ours with its fine-tuning defaults (frozen batch norm, stem and res2 frozen,
+                as when it starts from pretrained weights; here from random weights, which
+                costs the same); the peers as they are
 
 Workload: RetinaNet, ResNet50-shaped backbone, random weights, 20 classes, 512x512 images
 (see benchmarks/systems.py for how each system is built without downloading anything).
@@ -55,6 +65,7 @@ from stages import run_stage  # noqa: E402
 from summary import print_stage  # noqa: E402
 
 SYSTEMS = ("ours", "keras-cv", "keras-hub")
+TRAIN_MODES = ("equal-work", "fine-tuning")
 MODEL_PHASES = ("forward", "predict:default", "predict:low", "decode:trained-like", "train",
                 "postprocess:default", "postprocess:low")
 
@@ -102,7 +113,9 @@ def settings(args):
     if args.profile is not None:
         cfg["profile"] = args.profile
     cfg["systems"] = args.systems or list(SYSTEMS)
-    cfg["phases"] = list(MODEL_PHASES)
+    cfg["phases"] = [p for p in MODEL_PHASES if not args.phases or p in args.phases]
+    cfg["train_mode"] = args.train_mode
+    cfg["ours_fused_batchnorm"] = args.fused_batchnorm
     cfg["low_threshold"] = worker.LOW_THRESHOLD
     return cfg
 
@@ -133,6 +146,15 @@ def main(argv=None):
     parser.add_argument("--budget", type=float, help="seconds; 0 turns the budget off")
     parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None,
                         help="op-type profile of ours (default: on in the full run)")
+    parser.add_argument("--phases", nargs="+", choices=MODEL_PHASES,
+                        help="subset of phases (default: all); without forward the "
+                             "matmul/conv peak is not measured, with a subset the input "
+                             "pipeline is not")
+    parser.add_argument("--train-mode", choices=TRAIN_MODES, default="equal-work",
+                        help="how ours trains (see above); default equal-work")
+    parser.add_argument("--fused-batchnorm", action=argparse.BooleanOptionalAction,
+                        default=True, help="ours with FusedBatchNormalization (default on, "
+                                           "as the model's default)")
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench" / "results.json"))
     args = parser.parse_args(argv)
     if args.allow_cpu and not args.gpu:
@@ -161,12 +183,18 @@ def main(argv=None):
     log(f"{results['machine'].get('cpu')}, {results['machine']['cores']} cores; load average "
         f"{results['load_average_start']}; mode {cfg['mode']}; logs in {logdir}")
 
-    peak = Proc("peak", dict(cfg, batch_size=0), logdir / "peak.log")
-    pipeline_proc = Proc("pipeline", dict(cfg, batch_size=cfg["batch_sizes"][0]),
-                         logdir / "pipeline.log")
-    peak.wait_ready()
-    pipeline_proc.wait_ready()
-    for proc in (peak, pipeline_proc):
+    log(f"train mode {cfg['train_mode']}; ours fused batch norm "
+        f"{cfg['ours_fused_batchnorm']}; phases {', '.join(cfg['phases'])}")
+    # The helpers only where their figures are used (they cost a process each).
+    peak = (Proc("peak", dict(cfg, batch_size=0), logdir / "peak.log")
+            if "forward" in cfg["phases"] else None)
+    pipeline_proc = (Proc("pipeline", dict(cfg, batch_size=cfg["batch_sizes"][0]),
+                          logdir / "pipeline.log")
+                     if cfg["phases"] == list(MODEL_PHASES) else None)
+    helpers = [proc for proc in (peak, pipeline_proc) if proc is not None]
+    for proc in helpers:
+        proc.wait_ready()
+    for proc in helpers:
         if not proc.ok:
             log(f"{proc.role}: FAILED: {proc.error}")
     try:
@@ -188,9 +216,9 @@ def main(argv=None):
             results["stages"].append(stage)
             print_stage(stage)
     finally:
-        results["peak_setup"] = peak.info
-        results["pipeline_setup"] = pipeline_proc.info
-        for proc in (peak, pipeline_proc):
+        results["peak_setup"] = peak.info if peak else None
+        results["pipeline_setup"] = pipeline_proc.info if pipeline_proc else None
+        for proc in helpers:
             proc.stop()
         results["load_average_end"] = load_average()
         results["wall_s"] = time.monotonic() - started

@@ -7,8 +7,11 @@ constructed from their classes with ResNet50's stage sizes instead of `from_pres
 (keras-cv's `ResNet50Backbone()` alias calls `from_preset("resnet50")`, which fetches the
 preset config from Kaggle even without weights).
 
-- ``ours``: `retinanet.RetinaNet(20, backbone="resnet50")` with its defaults (frozen
-  backbone batch norm, focal + smooth L1, Adam 1e-4 clipnorm 10).
+- ``ours``: `retinanet.RetinaNet(20, backbone="resnet50")` (focal + smooth L1, Adam 1e-4
+  clipnorm 10, FusedBatchNormalization unless `fused_batchnorm=False`), in one of two train
+  modes: "equal-work" (`frozen_batchnorm=False, frozen_early_stages=False`: every layer
+  trains and every batch statistic updates, as in both peers) or "fine-tuning" (frozen
+  batch norm, stem and res2, its defaults with pretrained weights).
 - ``keras-cv``: `keras_cv.models.RetinaNet` over `keras_cv.models.ResNetBackbone(...)`
   (ResNet50 v1 stage sizes, `include_rescaling=True`). Its default heads have 3 convs; the
   benchmark passes `PredictionHead(num_conv_layers=4)` so the network is the paper's (and
@@ -37,6 +40,7 @@ RESNET50_FILTERS = [64, 128, 256, 512]
 RESNET50_BLOCKS = [3, 4, 6, 3]
 RESNET50_STRIDES = [1, 2, 2, 2]
 SYSTEMS = ("ours", "keras-cv", "keras-hub")
+TRAIN_MODES = ("equal-work", "fine-tuning")
 
 
 def synthetic_batch(batch_size, image_size, seed=0, boxes_per_image=4, max_boxes=8):
@@ -60,10 +64,14 @@ class System:
 
     name = "?"
 
-    def __init__(self, jit_compile=False):
+    def __init__(self, jit_compile=False, train_mode="equal-work", fused_batchnorm=True):
         import tensorflow as tf
 
+        if train_mode not in TRAIN_MODES:
+            raise ValueError(f"`train_mode` must be one of {TRAIN_MODES}, got {train_mode!r}")
         self.jit_compile = jit_compile
+        self.train_mode = train_mode
+        self.fused_batchnorm = fused_batchnorm
         self.model = self.build()
         self._forward = tf.function(
             lambda images: self.model(images, training=False), jit_compile=jit_compile
@@ -168,7 +176,12 @@ class Ours(System):
     def build(self):
         import retinanet
 
-        model = retinanet.RetinaNet(NUM_CLASSES, backbone="resnet50")
+        # Random weights either way; "fine-tuning" freezes what fine-tuning from pretrained
+        # weights freezes (the step costs the same whatever the weights' values).
+        frozen = self.train_mode == "fine-tuning"
+        model = retinanet.RetinaNet(NUM_CLASSES, backbone="resnet50", frozen_batchnorm=frozen,
+                                    frozen_early_stages=frozen,
+                                    fused_batchnorm=self.fused_batchnorm)
         model.compile(jit_compile=self.jit_compile)
         return model
 
@@ -287,5 +300,7 @@ class KerasHub(Peer):
         return keras_hub.layers.NonMaxSuppression
 
 
-def build_system(name, jit_compile=False):
-    return {"ours": Ours, "keras-cv": KerasCV, "keras-hub": KerasHub}[name](jit_compile)
+def build_system(name, jit_compile=False, train_mode="equal-work", fused_batchnorm=True):
+    """`train_mode` and `fused_batchnorm` apply to ours; the peers train as they are."""
+    return {"ours": Ours, "keras-cv": KerasCV, "keras-hub": KerasHub}[name](
+        jit_compile, train_mode, fused_batchnorm)

@@ -122,7 +122,9 @@ class ModelRole:
         self.batch = batch
         info = {"system": name, "batch_size": batch, "image_size": size}
         start = time.perf_counter()
-        self.system = systems.build_system(name, jit_compile=cfg["jit_compile"])
+        self.system = systems.build_system(
+            name, jit_compile=cfg["jit_compile"], train_mode=cfg.get("train_mode", "equal-work"),
+            fused_batchnorm=cfg.get("ours_fused_batchnorm", True))
         model = self.system.model
         info["build_s"] = time.perf_counter() - start
         info["params"] = int(model.count_params())

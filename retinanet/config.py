@@ -80,6 +80,8 @@ def default_config() -> ml_collections.ConfigDict:
         # Backbone BatchNormalization momentum; 0 keeps the application's (0.999 in
         # MobileNetV3, whose moving statistics then lag far behind a short from-scratch run).
         batchnorm_momentum=0.0,
+        # TF's fused kernel where statistics train: R50 step 1.4x, RetinaNet 1.16x (CPU, batch 2).
+        fused_batchnorm=True,
         # With several replicas (mirrored, multi-worker), compute the backbone's trainable
         # batch statistics over the global batch, so every replica keeps the same moving
         # statistics (Keras' BatchNormalization(synchronized=True)).

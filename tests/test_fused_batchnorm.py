@@ -433,3 +433,160 @@ def test_mirrored_strategy_training_step_matches_keras(tmp_path):
     # The moving statistics moved from their initial 0 and 1.
     assert not np.allclose(fused["weights"][4], 0.0)
     assert not np.allclose(fused["weights"][5], 1.0)
+
+
+# ----------------------------------------------------------------------------- the option
+
+
+def _batchnorms(model):
+    """Every batch normalisation layer inside `model`, nested ones included."""
+    from retinanet import _keras_compat
+
+    return [layer for layer in _keras_compat.all_layers(model)
+            if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+def _copy_retinanet_weights(source, target):
+    """Backbone layers by name (the fused copy may order them differently), the rest as is."""
+    from retinanet import _keras_compat
+
+    target_layers = {layer.name: layer for layer in _keras_compat.all_layers(target.backbone)}
+    for layer in _keras_compat.all_layers(source.backbone):
+        if layer.weights and not isinstance(layer, keras.Model):
+            target_layers[layer.name].set_weights(layer.get_weights())
+    for part in ("fpn", "classification_head", "box_head"):
+        getattr(target, part).set_weights(getattr(source, part).get_weights())
+
+
+def test_retinanet_option_gives_fused_layers_and_the_same_outputs():
+    import retinanet
+
+    rng = np.random.default_rng(12)
+    models = {}
+    for fused in (False, True):
+        models[fused] = retinanet.RetinaNet(2, backbone="resnet50", fpn_filters=32,
+                                            head_filters=32, head_convs=1,
+                                            fused_batchnorm=fused)
+    plain, fused = models[False], models[True]
+    assert {type(layer) for layer in _batchnorms(plain)} == {keras.layers.BatchNormalization}
+    assert {type(layer) for layer in _batchnorms(fused)} == {FusedBatchNormalization}
+    assert len(_batchnorms(fused)) == len(_batchnorms(plain)) == 53
+    # Random weights: nothing frozen, as without the option.
+    assert all(layer.trainable for layer in _batchnorms(fused))
+    assert _trainable_names(fused) == _trainable_names(plain)
+    for layer in _batchnorms(plain):
+        _random_weights(layer, rng)
+    _copy_retinanet_weights(plain, fused)
+    images = tf.constant(rng.uniform(0, 255, (2, 64, 64, 3)).astype("float32"))
+    for key in ("cls_logits", "box_deltas"):
+        # The heads' outputs are small next to the backbone's features (random statistics
+        # let them grow): 1e-4 of the outputs is float32 rounding of the features.
+        _assert_close(fused(images, training=False)[key], plain(images, training=False)[key],
+                      1e-4)
+        # Training mode: batch moments of few values per channel at stride 32 (see
+        # test_fuse_batchnorm_on_resnet50).
+        _assert_close(fused(images, training=True)[key], plain(images, training=True)[key],
+                      1e-3)
+
+
+def _trainable_names(model):
+    # Backbone variables: the model's own name prefixes the rest and differs between the two.
+    return sorted(variable.path for variable in model.backbone.trainable_variables)
+
+
+def test_frozen_flags_apply_to_the_fused_backbone():
+    from retinanet.model.backbone import build_backbone
+
+    backbone = build_backbone("resnet50", frozen_batchnorm=True, frozen_early_stages=True,
+                              fused_batchnorm=True)
+    features = backbone.get_layer("resnet50_features")
+    norms = _batchnorms(backbone)
+    assert norms and all(type(layer) is FusedBatchNormalization and not layer.trainable
+                         for layer in norms)
+    assert not features.get_layer("conv1_conv").trainable
+    assert not features.get_layer("conv2_block3_3_conv").trainable
+    assert features.get_layer("conv3_block1_1_conv").trainable
+    # The endpoints are C3, C4, C5 as without the option.
+    assert [tuple(output.shape) for output in backbone.outputs] == [
+        (None, None, None, 512), (None, None, None, 1024), (None, None, None, 2048)]
+
+
+def test_plain_weights_file_loads_into_the_fused_backbone(tmp_path):
+    import retinanet
+
+    plain = keras.applications.MobileNetV3Small(input_shape=(None, None, 3),
+                                                include_top=False, weights=None)
+    rng = np.random.default_rng(13)
+    for layer in _batchnorms(plain):
+        _random_weights(layer, rng)
+    path = str(tmp_path / "mobilenet.weights.h5")
+    plain.save_weights(path)
+    model = retinanet.RetinaNet(2, backbone="mobilenet_v3_small", backbone_weights=path,
+                                fpn_filters=32, head_filters=32, fused_batchnorm=True)
+    assert {type(layer) for layer in _batchnorms(model)} == {FusedBatchNormalization}
+    features = model.backbone.get_layer("mobilenet_v3_small_features")
+    for layer in (layer for layer in plain.layers if layer.weights):
+        for saved, loaded in zip(layer.weights, features.get_layer(layer.name).weights):
+            np.testing.assert_array_equal(loaded.numpy(), saved.numpy())
+
+
+def test_retinanet_with_the_fused_backbone_keras_round_trip(tmp_path):
+    import retinanet
+
+    model = retinanet.RetinaNet(2, backbone="mobilenet_v3_small", fpn_filters=32,
+                                head_filters=32, frozen_batchnorm=False,
+                                fused_batchnorm=True)
+    path = str(tmp_path / "fused.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    norms = _batchnorms(loaded)
+    assert norms and {type(layer) for layer in norms} == {FusedBatchNormalization}
+    assert all(layer.trainable for layer in norms)
+    images = tf.constant(np.random.default_rng(14).uniform(0, 255, (2, 96, 96, 3))
+                         .astype("float32"))
+    for training in (False, True):
+        _assert_close(loaded(images, training=training)["cls_logits"],
+                      model(images, training=training)["cls_logits"])
+    # A model saved with Keras's layer loads back with Keras's layer.
+    plain = retinanet.RetinaNet(2, backbone="mobilenet_v3_small", fpn_filters=32,
+                                head_filters=32, fused_batchnorm=False)
+    plain.save(tmp_path / "plain.keras")
+    reloaded = keras.models.load_model(tmp_path / "plain.keras")
+    assert {type(layer) for layer in _batchnorms(reloaded)} == {keras.layers.BatchNormalization}
+
+
+def _tiny_config():
+    import importlib.util
+
+    from retinanet import config as rconfig
+
+    spec = importlib.util.spec_from_file_location("config_tiny",
+                                                  rconfig.resolve_config_file("tiny"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_config_field_reaches_the_model(fused):
+    from retinanet.training import builders
+
+    config = _tiny_config()
+    assert config.model.fused_batchnorm is True  # the default
+    config.model.fused_batchnorm = fused
+    model = builders.build_model(config, num_classes=2)
+    expected = FusedBatchNormalization if fused else keras.layers.BatchNormalization
+    norms = _batchnorms(model.backbone)
+    assert norms and {type(layer) for layer in norms} == {expected}
+    assert all(layer.momentum == 0.9 for layer in norms)
+
+
+def test_sync_batchnorm_falls_back_to_keras_in_the_fused_layers():
+    from retinanet.training import builders
+
+    model = builders.build_model(_tiny_config(), num_classes=2, num_replicas=2)
+    norms = _batchnorms(model.backbone)
+    assert norms and all(type(layer) is FusedBatchNormalization and layer.synchronized
+                         for layer in norms)
+    shape = (2, 8, 8, norms[0].gamma.shape[0])
+    assert "FusedBatchNormV3" not in _op_types(norms[0], shape, True)

@@ -59,6 +59,12 @@ class RetinaNet(keras.Model):
         frozen_early_stages: freeze the backbone's layers at strides 2 and 4 (named backbones;
             for ResNets the stem and res2, as in the paper's Detectron setup). None: as
             `frozen_batchnorm`.
+        fused_batchnorm: the backbone's batch norm through TensorFlow's fused kernel in
+            training mode (`retinanet.model.fused_batchnorm`; named backbones): the same
+            results, a faster training step when the statistics train (not frozen). Saved
+            with the backbone's layers, so a `.keras` file loads back as it was built; a
+            whole model's `.weights.h5` (Keras keys weights by layer class) loads only into
+            a model built with the same setting.
         fpn_filters, head_convs, head_filters: widths and depth of the FPN and subnets.
         use_group_norm: GroupNorm(32) after each subnet conv.
         anchor_generator, label_encoder, fpn, classification_head, box_head, postprocessor:
@@ -85,6 +91,7 @@ class RetinaNet(keras.Model):
         freeze_backbone=False,
         frozen_batchnorm=None,
         frozen_early_stages=None,
+        fused_batchnorm=True,
         fpn_filters=256,
         head_convs=4,
         head_filters=256,
@@ -114,7 +121,7 @@ class RetinaNet(keras.Model):
         if isinstance(backbone, str):
             backbone = build_backbone(
                 backbone, backbone_weights, frozen_batchnorm, frozen_early_stages,
-                trainable=not freeze_backbone,
+                trainable=not freeze_backbone, fused_batchnorm=fused_batchnorm,
             )
         elif backbone_weights is not None:
             raise ValueError("`backbone_weights` applies to named backbones only.")

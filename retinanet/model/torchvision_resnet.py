@@ -104,6 +104,7 @@ def build_torchvision_resnet(
     trainable=True,
     mean=IMAGENET_MEAN_RGB,
     std=IMAGENET_STD_RGB,
+    fused_batchnorm=True,
 ):
     """Builds a torchvision-layout ResNet from raw images to `[C3, C4, C5]`.
 
@@ -119,6 +120,9 @@ def build_torchvision_resnet(
             `trainable_backbone_layers=3`). None: as `frozen_batchnorm`.
         trainable: False freezes the whole backbone.
         mean, std: the `TorchvisionNormalization` of the input.
+        fused_batchnorm: swap the batch norm layers for `FusedBatchNormalization`
+            (TensorFlow's fused kernel in training mode; faster when the statistics train,
+            the same where they are frozen) after `weights` are loaded into Keras's layers.
 
     Returns:
         A functional `keras.Model` named `name`: float `[B, H, W, 3]` RGB 0-255 (H and W
@@ -154,6 +158,10 @@ def build_torchvision_resnet(
         if not os.path.isfile(weights):
             raise ValueError(f"`backbone_weights` file not found: {weights}")
         extractor.load_weights(weights)
+    if fused_batchnorm:
+        from retinanet.model.fused_batchnorm import fuse_batchnorm
+
+        extractor = fuse_batchnorm(extractor)
     set_frozen_layers(extractor, frozen_batchnorm, frozen_early_stages)
     extractor.trainable = trainable
     images = keras.Input((None, None, 3), name="images")

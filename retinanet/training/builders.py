@@ -77,13 +77,15 @@ def _backbone(model):
         return model.backbone, {
             "backbone_weights": weights,
             "frozen_batchnorm": follow_weights(model.frozen_batchnorm, pretrained),
-            "frozen_early_stages": follow_weights(model.frozen_early_stages, pretrained)}
+            "frozen_early_stages": follow_weights(model.frozen_early_stages, pretrained),
+            "fused_batchnorm": bool(model.fused_batchnorm)}
     if weights:
         raise ConfigError("config.model.backbone_weights: the simple backbone has no "
                           "pretrained weights; leave it empty")
     with config_section("config.model (simple_widths, simple_blocks)"):
         return build_simple_backbone(widths=tuple(model.simple_widths),
-                                     blocks=model.simple_blocks), {}
+                                     blocks=model.simple_blocks,
+                                     fused_batchnorm=bool(model.fused_batchnorm)), {}
 
 
 OFFLINE_WEIGHTS_HINT = (
