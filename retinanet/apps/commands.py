@@ -96,7 +96,12 @@ def _load_model(workdir: str | None, exported_ok: bool = False):
 def _set_precision():
     import keras
 
-    keras.mixed_precision.set_global_policy(FLAGS.precision)
+    from retinanet import hardware
+
+    policy, reason = hardware.resolve_precision(FLAGS.precision)
+    if FLAGS.precision == hardware.AUTO:
+        print(f"Precision {policy} ({reason})", flush=True)
+    keras.mixed_precision.set_global_policy(policy)
 
 
 # -- train --------------------------------------------------------------------------------
