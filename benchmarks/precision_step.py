@@ -10,6 +10,8 @@ falls on all of them alike.
     python benchmarks/precision_step.py --model=r50 --settings=float32,mixed_bfloat16
     # XLA for the scratch recipe's train step
     python benchmarks/precision_step.py --model=scratch --settings=float32,float32+jit
+    # the share of the heads' GroupNorm in the step
+    python benchmarks/precision_step.py --model=scratch --settings=float32,float32+nogn
 
 Each worker prints one JSON line: the first step (trace + compile + run) and the median,
 min and max of the timed steps after `--warmup` more, in wall and process CPU seconds, and
@@ -64,11 +66,21 @@ def worker(model: str, setting: str, steps: int, warmup: int) -> dict:
 
     from retinanet.training import builders
 
-    policy, _, jit = setting.partition("+")
+    policy, *options = setting.split("+")
+    unknown = set(options) - {"jit", "nogn", "fastgn", "kerasgn"}
+    if unknown:
+        raise ValueError(f"--settings: unknown option {sorted(unknown)} in {setting!r}")
     keras.mixed_precision.set_global_policy(policy)
     keras.utils.set_random_seed(0)
     config = _config(model)
-    config.train.jit_compile = jit == "jit"
+    config.train.jit_compile = "jit" in options
+    if "fastgn" in options or "kerasgn" in options:
+        from retinanet.model import group_norm, heads
+
+        heads.GroupNormalization = group_norm.FastGroupNormalization if "fastgn" in options \
+            else keras.layers.GroupNormalization
+    if "nogn" in options:  # bounds what a cheaper GroupNorm could save
+        config.model.use_group_norm = False
     net = builders.build_model(config, num_classes=1)
     builders.compile_model(net, config, total_steps=1000)
     x, y = _batch(config.data.image_size, config.data.batch_size)
@@ -98,7 +110,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(MODELS), default="scratch")
     parser.add_argument("--settings", default="float32,mixed_bfloat16",
-                        help="comma-separated policies, each optionally +jit")
+                        help="comma-separated policies, each optionally +jit (XLA) and/or +nogn "
+                        "(heads without GroupNorm), +fastgn or +kerasgn (the heads' GroupNorm class)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)

@@ -114,7 +114,7 @@ def policy():
 
 
 @pytest.mark.slow
-def test_a_tiny_model_trains_under_mixed_bfloat16_and_predicts_float32(policy):
+def test_a_tiny_model_trains_under_mixed_bfloat16_and_predicts_float32(policy, tmp_path):
     import keras
 
     from retinanet.training import builders
@@ -136,6 +136,14 @@ def test_a_tiny_model_trains_under_mixed_bfloat16_and_predicts_float32(policy):
     for key in ("boxes", "scores"):
         assert detections[key].dtype == np.float32, key
         assert np.all(np.isfinite(detections[key])), key
+    # The checkpoint loads and predicts under another global policy (`retinanet export`
+    # sets none): the FPN's upsampling once took the global policy and added float32 to bf16.
+    model.save(tmp_path / "bf16.keras")
+    policy("float32")
+    loaded = keras.saving.load_model(tmp_path / "bf16.keras")
+    again = loaded.predict(images, verbose=0)
+    assert again["scores"].dtype == np.float32
+    np.testing.assert_allclose(again["scores"], detections["scores"], atol=0.02)
 
 
 @pytest.mark.slow

@@ -4,6 +4,12 @@ import math
 
 import keras
 
+from retinanet.model import group_norm
+
+# The heads' GroupNorm class: Keras's variables and config (weights load either way);
+# benchmarks/precision_step.py's +fastgn / +kerasgn settings swap it.
+GroupNormalization = keras.layers.GroupNormalization
+
 
 @keras.saving.register_keras_serializable(package="retinanet")
 class RetinaNetHead(keras.layers.Layer):
@@ -52,7 +58,7 @@ class RetinaNetHead(keras.layers.Layer):
         ]
         self.norms = (
             [
-                keras.layers.GroupNormalization(
+                GroupNormalization(
                     groups=32, epsilon=self.group_norm_epsilon, name=f"gn{i}",
                     dtype=self.dtype_policy,
                 )
