@@ -91,7 +91,7 @@ def test_the_command_line_and_train_accept_auto():
     from retinanet.training import trainer
 
     assert "auto" in cli.FLAGS["precision"].parser.enum_values
-    assert "auto" in trainer.PRECISIONS
+    assert "auto" in trainer.PRECISIONS and trainer.DEFAULT_PRECISION == "auto"
     with pytest.raises(ValueError, match="--precision=float8"):
         trainer.train(None, "unused", precision="float8")
 
@@ -144,6 +144,15 @@ def test_a_tiny_model_trains_under_mixed_bfloat16_and_predicts_float32(policy, t
     again = loaded.predict(images, verbose=0)
     assert again["scores"].dtype == np.float32
     np.testing.assert_allclose(again["scores"], detections["scores"], atol=0.02)
+    # Exports run on a float32 copy (ONNX Runtime and LiteRT refuse bf16 graphs).
+    from retinanet.export import float32_copy
+
+    copy = float32_copy(model)
+    assert copy is not model and copy.backbone.compute_dtype == "float32"
+    assert all(np.array_equal(a, b) for a, b in zip(copy.get_weights(), model.get_weights()))
+    np.testing.assert_allclose(copy.predict(images, verbose=0)["scores"], detections["scores"],
+                               atol=0.02)
+    assert float32_copy(copy) is copy
 
 
 @pytest.mark.slow

@@ -98,8 +98,9 @@ def _set_precision():
 
     from retinanet import hardware
 
-    policy, reason = hardware.resolve_precision(FLAGS.precision)
-    if FLAGS.precision == hardware.AUTO:
+    precision = FLAGS.precision or "float32"  # evaluate/predict: float32 unless asked
+    policy, reason = hardware.resolve_precision(precision)
+    if precision == hardware.AUTO:
         print(f"Precision {policy} ({reason})", flush=True)
     keras.mixed_precision.set_global_policy(policy)
 
@@ -111,7 +112,7 @@ def cmd_train():
     """Trains the configured model in --workdir, resuming where a previous run stopped."""
     config = _config()
     workdir = _require("workdir")
-    trainer.train(config, workdir, strategy=FLAGS.strategy, precision=FLAGS.precision,
+    trainer.train(config, workdir, strategy=FLAGS.strategy, precision=FLAGS.precision or trainer.DEFAULT_PRECISION,
                   verbose=FLAGS.verbose, tpu=FLAGS.tpu, keep_worker_dirs=FLAGS.keep_worker_dirs)
 
 
