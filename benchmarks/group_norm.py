@@ -21,16 +21,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--policy", default="float32")
     parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--variant", choices=("nhwc", "custom_gradient"), default="nhwc")
+
     args = parser.parse_args()
     import keras
     import numpy as np
     import tensorflow as tf
 
-    from retinanet.model import group_norm as gn
     from retinanet.model.group_norm import FastGroupNormalization
-
-    gn._NHWC = args.variant == "nhwc"
 
     keras.mixed_precision.set_global_policy(args.policy)
     rng = np.random.default_rng(0)
@@ -95,7 +92,7 @@ def main():
     summary = {name: {"median_wall_s": statistics.median(r[0] for r in runs),
                       "median_cpu_s": statistics.median(r[1] for r in runs)}
                for name, runs in results.items()}
-    print(json.dumps({"policy": args.policy, "variant": args.variant, "max_abs_difference": difference,
+    print(json.dumps({"policy": args.policy, "max_abs_difference": difference,
                       "fwd_bwd_20_norms": summary}, indent=1))
 
 

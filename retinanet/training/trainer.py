@@ -112,7 +112,9 @@ def train(config, workdir: str, *, strategy: str = "default", precision: str = "
     Args:
         config: a validated ConfigDict (see `retinanet.config`).
         workdir: the run folder (`retinanet.training.workdir` lists what it holds).
-        strategy: one of `STRATEGIES`; precision: one of `PRECISIONS`.
+        strategy: one of `STRATEGIES`; precision: one of `PRECISIONS` ("auto": see
+            `retinanet.hardware.resolve_precision`; the policy used and the reason are
+            printed and written to WORKDIR/run.json).
         verbose: Keras verbosity (0 silent, 1 progress bars, 2 one line per epoch).
         tpu: the TPU for strategy "tpu".
         keep_worker_dirs: multi-worker: keep non-chief checkpoints in workdir/workers/.
@@ -124,7 +126,8 @@ def train(config, workdir: str, *, strategy: str = "default", precision: str = "
         model evaluated and the evaluation results); None on other workers.
 
     Raises:
-        ValueError: another run holds the workdir (`retinanet.training.workdir.WorkdirLock`).
+        ValueError: another run holds the workdir (`retinanet.training.workdir.WorkdirLock`),
+            or `precision` is not one of `PRECISIONS`.
     """
     if precision not in PRECISIONS:
         raise UsageError(f"--precision={precision}: not one of {', '.join(PRECISIONS)}")
