@@ -55,7 +55,7 @@ def test_the_heads_use_it_and_their_weights_load_into_keras_layers(monkeypatch):
 
     assert heads.GroupNormalization is FastGroupNormalization
     make = lambda: heads.RetinaNetHead(4, num_anchors_per_location=1, num_convs=2,  # noqa
-                                       filters=64, use_group_norm=True)
+                                       filters=64, use_group_norm=True, name="head")
     features = [tf.random.normal([1, 8, 8, 64]), tf.random.normal([1, 4, 4, 64])]
     fast = make()
     expected = fast(features)

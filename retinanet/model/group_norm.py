@@ -50,8 +50,8 @@ class FastGroupNormalization(keras.layers.GroupNormalization):
     """
 
     def call(self, inputs):
-        if len(inputs.shape) != 4 or self.axis not in (-1, 3) or not (self.scale and
-                                                                        self.center):
+        if len(inputs.shape) != 4 or inputs.shape[-1] is None or self.axis not in (-1, 3) \
+                or not (self.scale and self.center):
             return super().call(inputs)
         y = group_norm_nhwc(tf.cast(inputs, "float32"), tf.cast(self.gamma, "float32"),
                             tf.cast(self.beta, "float32"), self.groups, self.epsilon)

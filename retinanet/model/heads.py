@@ -6,9 +6,10 @@ import keras
 
 from retinanet.model import group_norm
 
-# The heads' GroupNorm class: Keras's variables and config (weights load either way);
+# The heads' GroupNorm: Keras's layer with cheaper statistics, same variables and config, so
+# checkpoints load either way; 4-6 % off the scratch recipe's train step (issue 30).
 # benchmarks/precision_step.py's +fastgn / +kerasgn settings swap it.
-GroupNormalization = keras.layers.GroupNormalization
+GroupNormalization = group_norm.FastGroupNormalization
 
 
 @keras.saving.register_keras_serializable(package="retinanet")
