@@ -96,7 +96,13 @@ def _load_model(workdir: str | None, exported_ok: bool = False):
 def _set_precision():
     import keras
 
-    keras.mixed_precision.set_global_policy(FLAGS.precision)
+    from retinanet import hardware
+
+    precision = FLAGS.precision or "float32"  # evaluate/predict: float32 unless asked
+    policy, reason = hardware.resolve_precision(precision)
+    if precision == hardware.AUTO:
+        print(f"Precision {policy} ({reason})", flush=True)
+    keras.mixed_precision.set_global_policy(policy)
 
 
 # -- train --------------------------------------------------------------------------------
@@ -106,7 +112,7 @@ def cmd_train():
     """Trains the configured model in --workdir, resuming where a previous run stopped."""
     config = _config()
     workdir = _require("workdir")
-    trainer.train(config, workdir, strategy=FLAGS.strategy, precision=FLAGS.precision,
+    trainer.train(config, workdir, strategy=FLAGS.strategy, precision=FLAGS.precision or trainer.DEFAULT_PRECISION,
                   verbose=FLAGS.verbose, tpu=FLAGS.tpu, keep_worker_dirs=FLAGS.keep_worker_dirs)
 
 

@@ -150,6 +150,7 @@ def export(
         raise ValueError("`image_size` applies to format='litert' only (the other formats "
                          "take `resize`).")
 
+    model = float32_copy(model)
     output_dir = os.fspath(output_dir)
     suffix = "" if quantization is None else f"_{quantization}"
     os.makedirs(output_dir, exist_ok=True)
@@ -173,6 +174,38 @@ def export(
     atomic.write_text(os.path.join(output_dir, "model.json"),
                       json.dumps(description, indent=2) + "\n")
     return written
+
+
+def _float32_config(node):
+    """A serialized Keras object with every (mixed) DTypePolicy set to float32."""
+    if isinstance(node, list):
+        return [_float32_config(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if node.get("class_name") == "DTypePolicy" and isinstance(node.get("config"), dict):
+        return dict(node, config=dict(node["config"], name="float32"))
+    return {key: ("float32" if key == "dtype" and isinstance(value, str)
+                  and value.startswith("mixed_") else _float32_config(value))
+            for key, value in node.items()}
+
+
+def float32_copy(model):
+    """`model` when all its layers compute in float32, else a float32 copy with its weights.
+
+    A checkpoint trained under mixed_bfloat16 or mixed_float16 keeps each layer's policy;
+    ONNX Runtime refuses its graph (bfloat16 and float16 operands of one op) and the LiteRT
+    converter fails, so every export runs on float32 layers. The weights are float32 under
+    any mixed policy, so the copy holds exactly the trained values.
+    """
+    import keras
+
+    config = keras.saving.serialize_keras_object(model)
+    float32_config = _float32_config(config)
+    if float32_config == config:
+        return model
+    copy = keras.saving.deserialize_keras_object(float32_config)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def _resize_rule(image_size, preprocessing):

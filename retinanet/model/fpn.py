@@ -53,8 +53,12 @@ class FeaturePyramid(keras.layers.Layer):
                                 **{**conv, "padding": "valid" if symmetric else "same"})
             for level in range(6, max_level + 1)
         ]
-        self.extra_pad = keras.layers.ZeroPadding2D(1) if symmetric else None
-        self.upsample = keras.layers.UpSampling2D(2, interpolation="nearest")
+        # The FPN's own policy, not the global one: a checkpoint trained under mixed precision
+        # and loaded under another global policy would otherwise add bf16 to float32.
+        self.extra_pad = keras.layers.ZeroPadding2D(1, dtype=self.dtype_policy) \
+            if symmetric else None
+        self.upsample = keras.layers.UpSampling2D(2, interpolation="nearest",
+                                                  dtype=self.dtype_policy)
 
     def build(self, input_shapes):
         input_shapes = [tuple(shape) for shape in input_shapes]

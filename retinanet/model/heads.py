@@ -4,6 +4,13 @@ import math
 
 import keras
 
+from retinanet.model import group_norm
+
+# The heads' GroupNorm: Keras's layer with cheaper statistics, same variables and config, so
+# checkpoints load either way; 4-6 % off the scratch recipe's train step (issue 30).
+# benchmarks/precision_step.py's +fastgn / +kerasgn settings swap it.
+GroupNormalization = group_norm.FastGroupNormalization
+
 
 @keras.saving.register_keras_serializable(package="retinanet")
 class RetinaNetHead(keras.layers.Layer):
@@ -52,7 +59,7 @@ class RetinaNetHead(keras.layers.Layer):
         ]
         self.norms = (
             [
-                keras.layers.GroupNormalization(
+                GroupNormalization(
                     groups=32, epsilon=self.group_norm_epsilon, name=f"gn{i}",
                     dtype=self.dtype_policy,
                 )

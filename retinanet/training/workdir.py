@@ -2,6 +2,8 @@
 
     config.json, config.py        the full config (config.py loads with --config=)
     classes.json                  class names and dataset category ids
+    run.json                      the precision used and why (--precision=auto resolves it:
+                                  `retinanet.hardware.resolve_precision`)
     checkpoints/last.keras        after every epoch (written atomically)
     checkpoints/best.keras        the best epoch by val_AP, with checkpoints/best.json
     backup/                       the resumable backup: rerun the same command to resume
