@@ -91,7 +91,7 @@ def test_the_command_line_and_train_accept_auto():
     from retinanet.training import trainer
 
     assert "auto" in cli.FLAGS["precision"].parser.enum_values
-    assert "auto" in trainer.PRECISIONS and trainer.DEFAULT_PRECISION == "auto"
+    assert "auto" in trainer.PRECISIONS and trainer.DEFAULT_PRECISION == "float32"
     with pytest.raises(ValueError, match="--precision=float8"):
         trainer.train(None, "unused", precision="float8")
 

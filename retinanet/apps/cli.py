@@ -71,7 +71,7 @@ flags.DEFINE_string("workdir", None, "Training run folder (checkpoints, logs, co
 flags.DEFINE_enum("strategy", "default", STRATEGIES, "tf.distribute strategy for training.")
 flags.DEFINE_string("tpu", "", "--strategy=tpu: TPU name or grpc:// address ('' = local TPU VM).")
 flags.DEFINE_enum("precision", None, PRECISIONS,
-                  "Keras dtype policy (train: default auto; evaluate, predict: float32). "
+                  "Keras dtype policy (default float32). "
                   "auto: mixed_bfloat16 on a CPU-only run whose CPU has native bfloat16 "
                   "(AVX512_BF16 or AMX_BF16), float32 otherwise. train prints the policy used "
                   "and writes it to WORKDIR/run.json.")
