@@ -21,8 +21,8 @@ out 10% of train). What each choice is for:
   image is padded to 384 and costs the same step time with fewer pixels of photo in it;
 - Adam 1e-3 with a linear warm-up (200 steps from 1%) and cosine decay to 1% of the rate;
 - on a CPU with bfloat16 units (AVX512_BF16 or AMX_BF16), `--precision=auto` trains in
-  mixed_bfloat16: 25% less CPU time per step (its AP is not measured yet; float32 is the
-  default).
+  mixed_bfloat16: 25% less CPU time per step, no faster on the clock in the demo (float32
+  is the default).
 
 Measured and left off: colour jitter (data.color_jitter), wider scale jitter, an EMA of the
 weights (train.ema_momentum), mosaic (data.mosaic) and XLA did not help on the raccoon photos

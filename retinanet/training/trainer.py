@@ -22,8 +22,9 @@ STRATEGIES = ("default", "mirrored", "multi_worker_mirrored", "tpu")
 # "auto": `retinanet.hardware.resolve_precision` (mixed_bfloat16 on a CPU with native bf16).
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 # `retinanet train`'s default. mixed_bfloat16 took 25 % (scratch_cpu) to 55 % (ResNet50,
-# 512 px) less CPU time per step on the project's AMX machine (benchmarks/precision_step.py),
-# but its wall time on an idle machine and its AP are not measured yet: "auto" is opt-in.
+# 512 px) less CPU time per step on the project's AMX machine (benchmarks/precision_step.py)
+# and kept the demo's AP, but the demo was no faster on an idle 2-core clock: "auto" is
+# opt-in.
 DEFAULT_PRECISION = "float32"
 RUN_FILE = "run.json"
 
