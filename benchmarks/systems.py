@@ -26,7 +26,8 @@ mode), ``predict(images, batch_size)`` (the model's own `predict`, decoding and 
 included), ``use_score_threshold(t)`` (the decoder's score/confidence threshold),
 ``fit(dataset, steps)`` (the model's own `fit`, i.e. its train_step and loss; keras-cv's
 train_step cannot take Keras 3's `train_on_batch` data, and keras-hub's `train_on_batch` fails
-on dict targets, so `fit` is the path all three support) and ``targets(boxes, classes)`` (synthetic ground truth in the model's own format).
+on dict targets, so `fit` is the path all three support) and ``targets(boxes, classes)``
+(synthetic ground truth in the model's own format).
 """
 
 from __future__ import annotations

@@ -83,9 +83,12 @@ def exported(tmp_path_factory, tiny_retinanet_module):
 
 @pytest.fixture(scope="module")
 def tiny_retinanet_module():
+    import keras
+
     import retinanet
     from conftest import make_tiny_backbone
 
+    keras.utils.set_random_seed(0)  # the same weights each run: the comparisons are exact
     model = retinanet.RetinaNet(3, backbone=make_tiny_backbone(), fpn_filters=16, head_convs=1,
                                 head_filters=16, class_names=CLASSES)
     model.postprocessor.score_threshold = 0.0  # random weights: keep detections to compare

@@ -112,8 +112,9 @@ def cmd_train():
     """Trains the configured model in --workdir, resuming where a previous run stopped."""
     config = _config()
     workdir = _require("workdir")
-    trainer.train(config, workdir, strategy=FLAGS.strategy, precision=FLAGS.precision or trainer.DEFAULT_PRECISION,
-                  verbose=FLAGS.verbose, tpu=FLAGS.tpu, keep_worker_dirs=FLAGS.keep_worker_dirs)
+    trainer.train(config, workdir, strategy=FLAGS.strategy,
+                  precision=FLAGS.precision or trainer.DEFAULT_PRECISION, verbose=FLAGS.verbose,
+                  tpu=FLAGS.tpu, keep_worker_dirs=FLAGS.keep_worker_dirs)
 
 
 # -- evaluate -----------------------------------------------------------------------------

@@ -170,13 +170,15 @@ class RetinaNet(keras.Model):
         ours = self.anchor_generator.get_config()
         for name, part in (("label_encoder", self.label_encoder),
                            ("postprocessor", self.postprocessor)):
-            if part.anchor_generator.get_config() != ours:
-                raise ValueError(f"`{name}`'s anchor generator {part.anchor_generator.get_config()}"
-                                 f" differs from the model's `anchor_generator` {ours}.")
+            theirs = part.anchor_generator.get_config()
+            if theirs != ours:
+                raise ValueError(f"`{name}`'s anchor generator {theirs} differs from the "
+                                 f"model's `anchor_generator` {ours}.")
             part.anchor_generator = self.anchor_generator
         if self.postprocessor.box_coder != self.box_coder:
-            raise ValueError(f"`postprocessor`'s box coder weights {self.postprocessor.box_coder.weights}"
-                             f" differ from the label encoder's {self.box_coder.weights}.")
+            raise ValueError(f"`postprocessor`'s box coder weights "
+                             f"{self.postprocessor.box_coder.weights} differ from the label "
+                             f"encoder's {self.box_coder.weights}.")
         self.postprocessor.box_coder = self.box_coder
 
     def build(self, input_shape=None):
