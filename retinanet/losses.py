@@ -15,6 +15,12 @@ import tensorflow as tf
 from retinanet.matching import IGNORED, POSITIVE
 
 
+def _sum_over_positives(loss, anchor_states):
+    """Per-anchor `loss` [B, A] summed over positive anchors, divided by their number."""
+    loss = tf.where(tf.equal(anchor_states, POSITIVE), loss, 0.0)
+    return tf.reduce_sum(loss) / _num_positives(anchor_states)
+
+
 def _num_positives(anchor_states):
     positives = tf.reduce_sum(tf.cast(tf.equal(anchor_states, POSITIVE), tf.float32))
     return tf.maximum(positives, 1.0)
@@ -100,8 +106,7 @@ class SmoothL1Loss:
 
     def __call__(self, box_deltas, box_targets, anchor_states):
         loss = tf.reduce_sum(self.elementwise(box_deltas, box_targets), axis=-1)
-        loss = tf.where(tf.equal(anchor_states, POSITIVE), loss, 0.0)
-        return tf.reduce_sum(loss) / _num_positives(anchor_states)
+        return _sum_over_positives(loss, anchor_states)
 
     def get_config(self):
         return {"beta": self.beta}
@@ -193,8 +198,7 @@ class IoULoss:
             raise ValueError("IoULoss needs the decoded boxes (`decoded=`), which "
                              "RetinaNet.compute_loss passes.")
         loss = iou_loss(decoded["predicted"], decoded["target"], self.kind)
-        loss = tf.where(tf.equal(anchor_states, POSITIVE), loss, 0.0)
-        return tf.reduce_sum(loss) / _num_positives(anchor_states)
+        return _sum_over_positives(loss, anchor_states)
 
     def get_config(self):
         return {"kind": self.kind}

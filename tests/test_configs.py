@@ -213,7 +213,7 @@ def test_the_demo_finds_its_config_from_the_package():
     (0, 7, ""),  # min_side / max_side
 ])
 def test_the_header_says_when_image_size_pays_for_padding(size, max_level, expected):
-    from retinanet.training.trainer import padding_note
+    from retinanet.training.reporting import padding_note
 
     config = load("scratch_cpu")
     config.data.image_size = size

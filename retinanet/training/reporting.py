@@ -55,3 +55,33 @@ def operating_point(analysis) -> str:
     return (f"Operating point (each class at its best-F1 threshold, IoU 0.5): mean precision "
             f"{mean['precision']:.3f}, mean recall {mean['recall']:.3f} over "
             f"{len(per_class)} classes; " + hint)
+
+
+def padding_note(config) -> str:
+    """A line when a fixed image_size is padded to a larger canvas ("" otherwise).
+
+    Canvases are multiples of the top level's stride, so such a size pays for pixels of
+    padding: the canvas size itself costs the same step time and holds more of the photo.
+    """
+    from retinanet.preprocess import round_up
+    from retinanet.training.builders import build_anchor_generator
+
+    size = config.data.image_size
+    multiple = build_anchor_generator(config).stride_multiple
+    if not size or size % multiple == 0:
+        return ""
+    canvas = round_up(size, multiple)
+    return (f"note: config.data.image_size {size} is padded to a {canvas} x {canvas} canvas "
+            f"(a multiple of {multiple}, the stride of the top level), which costs the step "
+            f"time of --config.data.image_size={canvas}")
+
+
+def clipped_note(config, train_set, val_set) -> str:
+    """The header's ", boxes clipped to their image: train T, val V" (`dataset.clipped`)."""
+    # A val split held out of (or equal to) train carries train's count: say it once.
+    separate = bool(config.data.val) and config.data.format != "shapes"
+    counts = [("train", train_set.clipped)] + ([("val", val_set.clipped)] if separate else [])
+    if not any(count for _, count in counts):
+        return ""
+    return ", boxes clipped to their image: " + ", ".join(f"{name} {count}"
+                                                          for name, count in counts)

@@ -278,8 +278,8 @@ def _train(config, workdir: str, *, strategy: str, precision: str, verbose: int,
           f"{config.data.batch_size}, strategy {strategy} "
           f"({distribution.num_replicas_in_sync} replicas), precision {precision} "
           f"({precision_reason})"
-          + _clipped_note(config, train_set, val_set), flush=True)
-    padding = padding_note(config)
+          + reporting.clipped_note(config, train_set, val_set), flush=True)
+    padding = reporting.padding_note(config)
     if padding:
         print(padding, flush=True)
     if budget:
@@ -357,35 +357,6 @@ def _train(config, workdir: str, *, strategy: str, precision: str, verbose: int,
     rcallbacks.ResumableBackup.close(backup_dir)
     return {"model": eval_model, "results": results, "class_names": class_names,
             "val_dataset": val_set, "val_data": val_data}
-
-
-def padding_note(config) -> str:
-    """A line when a fixed image_size is padded to a larger canvas ("" otherwise).
-
-    Canvases are multiples of the top level's stride, so such a size pays for pixels of
-    padding: the canvas size itself costs the same step time and holds more of the photo.
-    """
-    from retinanet.preprocess import round_up
-
-    size = config.data.image_size
-    multiple = builders.build_anchor_generator(config).stride_multiple
-    if not size or size % multiple == 0:
-        return ""
-    canvas = round_up(size, multiple)
-    return (f"note: config.data.image_size {size} is padded to a {canvas} x {canvas} canvas "
-            f"(a multiple of {multiple}, the stride of the top level), which costs the step "
-            f"time of --config.data.image_size={canvas}")
-
-
-def _clipped_note(config, train_set, val_set) -> str:
-    """The header's ", boxes clipped to their image: train T, val V" (`dataset.clipped`)."""
-    # A val split held out of (or equal to) train carries train's count: say it once.
-    separate = bool(config.data.val) and config.data.format != "shapes"
-    counts = [("train", train_set.clipped)] + ([("val", val_set.clipped)] if separate else [])
-    if not any(count for _, count in counts):
-        return ""
-    return ", boxes clipped to their image: " + ", ".join(f"{name} {count}"
-                                                          for name, count in counts)
 
 
 def _check_resumed_config(config, workdir: str):
