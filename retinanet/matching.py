@@ -62,14 +62,15 @@ class IoUMatcher:
         self.negative_iou = float(negative_iou)
         self.allow_low_quality_matches = bool(allow_low_quality_matches)
 
-    def __call__(self, anchors, boxes, classes, level_sizes=None):
+    def __call__(self, anchors, boxes, classes, level_sizes=None, anchors_per_location=1):
         """Matches anchors to boxes.
 
         Args:
             anchors: float Tensor `[A, 4]`, xyxy absolute pixels.
             boxes: float Tensor `[B, N, 4]`, xyxy absolute pixels, padded with -1.
             classes: int Tensor `[B, N]`, padded with -1 (negative entries are padding).
-            level_sizes: anchors per pyramid level (unused here; see `ATSSMatcher`).
+            level_sizes, anchors_per_location: the pyramid's layout (unused here; see
+                `ATSSMatcher`).
 
         Returns:
             `(matched_index [B, A] int32, anchor_states [B, A] int32)`: the index of each
@@ -116,8 +117,11 @@ class ATSSMatcher:
 
     For each ground-truth box:
 
-    1. on every pyramid level, the `top_k` anchors whose centres are nearest the box's
-       centre are candidates (k per level, so every object has candidates on every level);
+    1. on every pyramid level, the anchors of the `top_k` locations nearest the box's
+       centre are candidates (every object has candidates on every level). With one anchor
+       per location, as the ATSS authors used, these are the paper's k nearest anchors; with
+       RetinaNet's 9 the k nearest anchors would be one location's 9 shapes, so k counts
+       locations and each level gives `top_k * anchors_per_location` candidates;
     2. its threshold is the mean plus the standard deviation of the candidates' IoUs (high
        for a box that many anchors fit well, low for an odd-shaped or small one);
     3. candidates with IoU >= the threshold whose centre lies inside the box are positive.
@@ -127,7 +131,7 @@ class ATSSMatcher:
     anchor still gets the candidates nearest its centre, and keeps those inside it.
 
     Args:
-        top_k: candidates per level (9 in the paper).
+        top_k: candidate locations per level (9 in the paper).
     """
 
     def __init__(self, top_k=9):
@@ -135,12 +139,15 @@ class ATSSMatcher:
             raise ValueError(f"`top_k` must be a positive int, got {top_k!r}.")
         self.top_k = top_k
 
-    def __call__(self, anchors, boxes, classes, level_sizes=None):
+    def __call__(self, anchors, boxes, classes, level_sizes=None, anchors_per_location=1):
         """Matches anchors to boxes; arguments and result as `IoUMatcher`'s.
 
         Args:
             level_sizes: the number of anchors of each pyramid level, in the order of
                 `anchors` (Python ints or scalar tensors); required.
+            anchors_per_location: a Python int; each level's anchors are ordered location
+                by location, this many (sharing one centre) per location, as
+                `AnchorGenerator` lays them out.
         """
         if level_sizes is None:
             raise ValueError("ATSSMatcher needs `level_sizes`, the anchors per level.")
@@ -152,12 +159,17 @@ class ATSSMatcher:
         box_centres = (boxes[..., :2] + boxes[..., 2:]) / 2.0  # [B, N + 1, 2]
         distance = tf.norm(box_centres[:, :, None] - anchor_centres[None, None], axis=-1)
 
-        # Candidate indices [B, N + 1, C]: the top_k nearest on each level.
+        # Candidate indices [B, N + 1, C]: every anchor of the top_k nearest locations on
+        # each level (a location's anchors share its centre, so its first one stands for it).
+        per_location = int(anchors_per_location)
         candidates, offset = [], 0
         for size in level_sizes:
-            level = distance[:, :, offset:offset + size]
+            level = distance[:, :, offset:offset + size:per_location]  # [B, N + 1, L]
             k = tf.minimum(self.top_k, tf.shape(level)[-1])
-            candidates.append(tf.math.top_k(-level, k=k, sorted=False).indices + offset)
+            locations = tf.math.top_k(-level, k=k, sorted=False).indices
+            indices = locations[..., None] * per_location + tf.range(per_location)
+            shape = tf.shape(indices)
+            candidates.append(tf.reshape(indices, [shape[0], shape[1], -1]) + offset)
             offset += size
         candidates = tf.concat(candidates, axis=-1)
         candidate_iou = tf.gather(iou, candidates, batch_dims=2)  # [B, N + 1, C]
@@ -205,8 +217,8 @@ class LabelEncoder:
     Args:
         anchor_generator: the model's `AnchorGenerator`; built with defaults when None.
         matcher: an `IoUMatcher` (default: the paper's 0.5 / 0.4 thresholds) or
-            `ATSSMatcher`, or any callable `(anchors, boxes, classes, level_sizes) ->
-            (matched_index, anchor_states)`.
+            `ATSSMatcher`, or any callable `(anchors, boxes, classes, level_sizes,
+            anchors_per_location) -> (matched_index, anchor_states)`.
         box_coder: the model's `BoxCoder` (default weights 1, 1, 1, 1).
     """
 
@@ -246,8 +258,9 @@ class LabelEncoder:
             boxes, classes = boxes[:, :count], classes[:, :count]
         levels = self.anchor_generator.anchors_per_level(height, width)
         anchors = tf.concat(levels, axis=0)
-        matched_index, states = self.matcher(anchors, boxes, classes,
-                                             [tf.shape(level)[0] for level in levels])
+        matched_index, states = self.matcher(
+            anchors, boxes, classes, [tf.shape(level)[0] for level in levels],
+            anchors_per_location=self.anchor_generator.num_anchors_per_location)
         positive = tf.equal(states, POSITIVE)
 
         # The extra padding row makes index N (no box at all) safe to gather.

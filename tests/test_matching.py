@@ -203,6 +203,24 @@ def test_atss_positives_need_their_centre_inside_the_box():
     np.testing.assert_array_equal(states, [0, 1] + [0] * 7)
 
 
+def test_atss_counts_top_k_in_locations():
+    # Four locations (centres (5, 5), (15, 5), (5, 15), (15, 15)), each with a 10x10 and a
+    # 20x10 anchor, ordered location by location. Box [0, 0, 12, 10] (centre (6, 5)): the
+    # two nearest locations give IoUs 0.833, 0.6 (location 0) and 0.1, 0.28 (location 1),
+    # so the threshold is 0.4533 + 0.3270 = 0.780 and the square at location 0 is positive.
+    # Counted in anchors, the two nearest are location 0's two shapes (IoUs 0.833 and 0.6,
+    # threshold 0.717 + 0.165 = 0.882) and nothing would be.
+    anchors = []
+    for cx, cy in [(5, 5), (15, 5), (5, 15), (15, 15)]:
+        anchors += [[cx - 5, cy - 5, cx + 5, cy + 5], [cx - 10, cy - 5, cx + 10, cy + 5]]
+    anchors = tf.constant(anchors, tf.float32)
+    boxes, classes = tf.constant([[[0, 0, 12, 10]]], tf.float32), tf.zeros([1, 1], tf.int32)
+    _, states = ATSSMatcher(top_k=2)(anchors, boxes, classes, [8], anchors_per_location=2)
+    np.testing.assert_array_equal(states.numpy()[0], [1] + [0] * 7)
+    _, states = ATSSMatcher(top_k=2)(anchors, boxes, classes, [8], anchors_per_location=1)
+    np.testing.assert_array_equal(states.numpy()[0], [0] * 8)
+
+
 def test_atss_without_boxes_and_with_padding_is_all_negative():
     index, states = ATSSMatcher()(LEVEL_ANCHORS, -tf.ones([2, 3, 4]), -tf.ones([2, 3], tf.int32),
                                   [4, 1])
@@ -227,7 +245,8 @@ def test_atss_positives_lie_inside_their_box(raw_boxes):
     assert np.all(np.isfinite(targets["box_targets"].numpy()))
     centres = (anchors[:, :2] + anchors[:, 2:]) / 2
     index, _ = encoder.matcher(tf.constant(anchors), tf.constant(boxes[None]),
-                               tf.zeros([1, len(boxes)], tf.int32), [16 * 16 * 9, 64 * 9, 16 * 9])
+                               tf.zeros([1, len(boxes)], tf.int32), [16 * 16 * 9, 64 * 9, 16 * 9],
+                               anchors_per_location=9)
     for anchor in np.flatnonzero(states == 1):
         box = boxes[index.numpy()[0, anchor]]
         assert (box[:2] < centres[anchor]).all() and (centres[anchor] < box[2:]).all()
