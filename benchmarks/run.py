@@ -116,6 +116,7 @@ def settings(args):
     cfg["phases"] = [p for p in MODEL_PHASES if not args.phases or p in args.phases]
     cfg["train_mode"] = args.train_mode
     cfg["ours_fused_batchnorm"] = args.fused_batchnorm
+    cfg["ours_recompute_backbone"] = args.recompute_backbone
     cfg["low_threshold"] = worker.LOW_THRESHOLD
     return cfg
 
@@ -155,6 +156,9 @@ def main(argv=None):
     parser.add_argument("--fused-batchnorm", action=argparse.BooleanOptionalAction,
                         default=True, help="ours with FusedBatchNormalization (default on, "
                                            "as the model's default)")
+    parser.add_argument("--recompute-backbone", action="store_true",
+                        help="ours recomputes the backbone's activations in the backward "
+                             "pass (the memory option; default off, as the model's)")
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench" / "results.json"))
     args = parser.parse_args(argv)
     if args.allow_cpu and not args.gpu:
@@ -184,7 +188,8 @@ def main(argv=None):
         f"{results['load_average_start']}; mode {cfg['mode']}; logs in {logdir}")
 
     log(f"train mode {cfg['train_mode']}; ours fused batch norm "
-        f"{cfg['ours_fused_batchnorm']}; phases {', '.join(cfg['phases'])}")
+        f"{cfg['ours_fused_batchnorm']}; recompute backbone "
+        f"{cfg['ours_recompute_backbone']}; phases {', '.join(cfg['phases'])}")
     # The helpers only where their figures are used (they cost a process each).
     peak = (Proc("peak", dict(cfg, batch_size=0), logdir / "peak.log")
             if "forward" in cfg["phases"] else None)

@@ -65,7 +65,8 @@ class System:
 
     name = "?"
 
-    def __init__(self, jit_compile=False, train_mode="equal-work", fused_batchnorm=True):
+    def __init__(self, jit_compile=False, train_mode="equal-work", fused_batchnorm=True,
+                 recompute_backbone=False):
         import tensorflow as tf
 
         if train_mode not in TRAIN_MODES:
@@ -73,6 +74,7 @@ class System:
         self.jit_compile = jit_compile
         self.train_mode = train_mode
         self.fused_batchnorm = fused_batchnorm
+        self.recompute_backbone = recompute_backbone
         self.model = self.build()
         self._forward = tf.function(
             lambda images: self.model(images, training=False), jit_compile=jit_compile
@@ -182,7 +184,8 @@ class Ours(System):
         frozen = self.train_mode == "fine-tuning"
         model = retinanet.RetinaNet(NUM_CLASSES, backbone="resnet50", frozen_batchnorm=frozen,
                                     frozen_early_stages=frozen,
-                                    fused_batchnorm=self.fused_batchnorm)
+                                    fused_batchnorm=self.fused_batchnorm,
+                                    recompute_backbone=self.recompute_backbone)
         model.compile(jit_compile=self.jit_compile)
         return model
 
@@ -301,7 +304,9 @@ class KerasHub(Peer):
         return keras_hub.layers.NonMaxSuppression
 
 
-def build_system(name, jit_compile=False, train_mode="equal-work", fused_batchnorm=True):
-    """`train_mode` and `fused_batchnorm` apply to ours; the peers train as they are."""
+def build_system(name, jit_compile=False, train_mode="equal-work", fused_batchnorm=True,
+                 recompute_backbone=False):
+    """`train_mode`, `fused_batchnorm` and `recompute_backbone` apply to ours; the peers
+    train as they are."""
     return {"ours": Ours, "keras-cv": KerasCV, "keras-hub": KerasHub}[name](
-        jit_compile, train_mode, fused_batchnorm)
+        jit_compile, train_mode, fused_batchnorm, recompute_backbone)

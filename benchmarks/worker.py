@@ -124,7 +124,8 @@ class ModelRole:
         start = time.perf_counter()
         self.system = systems.build_system(
             name, jit_compile=cfg["jit_compile"], train_mode=cfg.get("train_mode", "equal-work"),
-            fused_batchnorm=cfg.get("ours_fused_batchnorm", True))
+            fused_batchnorm=cfg.get("ours_fused_batchnorm", True),
+            recompute_backbone=cfg.get("ours_recompute_backbone", False))
         model = self.system.model
         info["build_s"] = time.perf_counter() - start
         info["params"] = int(model.count_params())

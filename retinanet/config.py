@@ -82,6 +82,9 @@ def default_config() -> ml_collections.ConfigDict:
         batchnorm_momentum=0.0,
         # TF's fused kernel where statistics train: R50 step 1.4x, RetinaNet 1.16x (CPU, batch 2).
         fused_batchnorm=True,
+        # Recompute the backbone's activations in the backward pass instead of keeping them:
+        # less memory, a slower step (model/recompute.py; figures in BENCHMARKS.md).
+        recompute_backbone=False,
         # With several replicas (mirrored, multi-worker), compute the backbone's trainable
         # batch statistics over the global batch, so every replica keeps the same moving
         # statistics (Keras' BatchNormalization(synchronized=True)).

@@ -10,6 +10,8 @@ per training step of a ResNet50 at 512 px.
 import keras
 import tensorflow as tf
 
+from retinanet.model.recompute import recomputing
+
 # `tf.compat.v1.nn.fused_batch_norm` silently raises a smaller epsilon to this (cuDNN's
 # floor): below it the fused kernel would compute something else than Keras, so don't fuse.
 _FUSED_MIN_EPSILON = 1.001e-5
@@ -82,6 +84,8 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         batch_variance = batch_variance * (tf.maximum(count - 1.0, 1.0) / count)
         batch_mean = tf.stop_gradient(batch_mean)
         batch_variance = tf.stop_gradient(batch_variance)
+        if recomputing():  # the forward pass already updated them (model/recompute.py)
+            return tf.cast(outputs, self.compute_dtype)
         # Exactly Keras's update, assign included, so distribution strategies treat the
         # moving statistics as they do Keras's layer.
         moving_mean = tf.cast(self.moving_mean, tf.float32)

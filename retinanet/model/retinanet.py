@@ -8,6 +8,7 @@ from retinanet.anchors import AnchorGenerator
 from retinanet.losses import FocalLoss, SmoothL1Loss
 from retinanet.matching import POSITIVE, LabelEncoder
 from retinanet.model.backbone import build_backbone
+from retinanet.model.recompute import recomputed_backbone
 from retinanet.model.fpn import FeaturePyramid
 from retinanet.model.heads import RetinaNetHead
 from retinanet.model.postprocess import DetectionPostprocessor
@@ -65,6 +66,10 @@ class RetinaNet(keras.Model):
             with the backbone's layers, so a `.keras` file loads back as it was built; a
             whole model's `.weights.h5` (Keras keys weights by layer class) loads only into
             a model built with the same setting.
+        recompute_backbone: in training, keep only the backbone's block outputs and
+            recompute the rest in the backward pass (`retinanet.model.recompute`): less
+            memory for about one more backbone forward per step. Needs trainable batch norm
+            to be fused (or frozen).
         fpn_filters, head_convs, head_filters: widths and depth of the FPN and subnets.
         use_group_norm: GroupNorm(32) after each subnet conv.
         anchor_generator, label_encoder, fpn, classification_head, box_head, postprocessor:
@@ -92,6 +97,7 @@ class RetinaNet(keras.Model):
         frozen_batchnorm=None,
         frozen_early_stages=None,
         fused_batchnorm=True,
+        recompute_backbone=False,
         fpn_filters=256,
         head_convs=4,
         head_filters=256,
@@ -128,6 +134,9 @@ class RetinaNet(keras.Model):
         elif freeze_backbone:
             backbone.trainable = False
         self.backbone = backbone
+        self.recompute_backbone = bool(recompute_backbone)
+        # A plain function (not tracked): its segments share the backbone's layers.
+        self._recomputed = recomputed_backbone(backbone) if self.recompute_backbone else None
         self.anchor_generator = anchor_generator or next(
             (part.anchor_generator for part in (label_encoder, postprocessor) if part), None
         ) or AnchorGenerator()
@@ -209,7 +218,10 @@ class RetinaNet(keras.Model):
             pad_color(self.preprocessing),
         )
         images = tf.cast(images, self.compute_dtype)
-        pyramid = self.fpn(self.backbone(images, training=training))
+        if training and self._recomputed is not None:
+            pyramid = self.fpn(self._recomputed(images))
+        else:
+            pyramid = self.fpn(self.backbone(images, training=training))
         return {
             "cls_logits": self.classification_head(pyramid),
             "box_deltas": self.box_head(pyramid),
@@ -376,6 +388,7 @@ class RetinaNet(keras.Model):
             "num_classes": self.num_classes,
             "class_names": self.class_names,
             "preprocessing": self.preprocessing,
+            "recompute_backbone": self.recompute_backbone,
             "backbone": serialize(self.backbone),
             "anchor_generator": serialize(self.anchor_generator),
             "label_encoder": serialize(self.label_encoder),

@@ -142,6 +142,7 @@ def _pretrained_model(config, num_classes: int):
             postprocessor=build_postprocessor(config, anchor_generator, label_encoder),
             class_names=source.class_names if source.num_classes == num_classes else None,
             preprocessing=model.preprocessing or source.preprocessing,
+            recompute_backbone=model.recompute_backbone,
         )
 
 
@@ -181,6 +182,7 @@ def build_model(config, num_classes: int, num_replicas: int = 1):
                 head_filters=model.head_filters, use_group_norm=model.use_group_norm,
                 anchor_generator=anchor_generator, label_encoder=label_encoder,
                 postprocessor=postprocessor, preprocessing=model.preprocessing or "retinanet",
+                recompute_backbone=model.recompute_backbone,
             )
     for layer in _keras_compat.all_layers(retinanet.backbone):
         if isinstance(layer, keras.layers.BatchNormalization):
