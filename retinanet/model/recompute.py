@@ -47,10 +47,14 @@ def recompute(fn):
     def call(x):
         def grad(dy, variables=None):
             variables = list(variables or [])
+            # Tied to the incoming gradient, so that graph optimisation can't merge the
+            # recomputation with the forward pass (which would keep the activations).
+            with tf.control_dependencies([dy]):
+                x_again = tf.identity(x)
             with _recomputation(), tf.GradientTape() as tape:
-                tape.watch(x)
-                y = fn(x)
-            dx, *dvariables = tape.gradient(y, [x, *variables], output_gradients=dy)
+                tape.watch(x_again)
+                y = fn(x_again)
+            dx, *dvariables = tape.gradient(y, [x_again, *variables], output_gradients=dy)
             return dx, dvariables
 
         return fn(x), grad
