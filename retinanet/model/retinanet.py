@@ -8,10 +8,10 @@ from retinanet.anchors import AnchorGenerator
 from retinanet.losses import FocalLoss, SmoothL1Loss
 from retinanet.matching import POSITIVE, LabelEncoder
 from retinanet.model.backbone import build_backbone
-from retinanet.model.recompute import recomputed_backbone
 from retinanet.model.fpn import FeaturePyramid
 from retinanet.model.heads import RetinaNetHead
 from retinanet.model.postprocess import DetectionPostprocessor
+from retinanet.model.recompute import recomputed_backbone
 from retinanet.preprocess import check_preprocessing, pad_color, pad_images
 from retinanet.schedules import default_optimizer
 
@@ -218,10 +218,9 @@ class RetinaNet(keras.Model):
             pad_color(self.preprocessing),
         )
         images = tf.cast(images, self.compute_dtype)
-        if training and self._recomputed is not None:
-            pyramid = self.fpn(self._recomputed(images))
-        else:
-            pyramid = self.fpn(self.backbone(images, training=training))
+        recomputed = training and self._recomputed is not None
+        pyramid = self.fpn(self._recomputed(images) if recomputed
+                           else self.backbone(images, training=training))
         return {
             "cls_logits": self.classification_head(pyramid),
             "box_deltas": self.box_head(pyramid),
@@ -240,12 +239,9 @@ class RetinaNet(keras.Model):
             outputs = self(images, training=False)
         if image_sizes is None:
             image_sizes = tf.shape(images)[1:3]
-        return self.postprocessor(
-            outputs["cls_logits"],
-            outputs["box_deltas"],
-            anchor_image_size=self._padded_size(images),
-            clip_size=image_sizes,
-        )
+        return self.postprocessor(outputs["cls_logits"], outputs["box_deltas"],
+                                  anchor_image_size=self._padded_size(images),
+                                  clip_size=image_sizes)
 
     def predict_step(self, data):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
@@ -303,25 +299,21 @@ class RetinaNet(keras.Model):
         states = encoded["anchor_states"]
         cls_arguments = (y_pred["cls_logits"], encoded["cls_targets"], states)
         box_arguments = (y_pred["box_deltas"], encoded["box_targets"], states)
-        decoded = {}
-        if getattr(self.box_loss, "needs_decoded_boxes", False) or \
-                getattr(self.classification_loss, "needs_quality", False):
+        needs_quality = getattr(self.classification_loss, "needs_quality", False)
+        needs_boxes = getattr(self.box_loss, "needs_decoded_boxes", False)
+        cls_options, box_options = {}, {}
+        if needs_quality or needs_boxes:
             anchors = self.anchor_generator(height, width)[None]
             decoded = {"predicted": self.box_coder.decode(
                            tf.cast(y_pred["box_deltas"], tf.float32), anchors),
                        "target": self.box_coder.decode(encoded["box_targets"], anchors)}
-        if getattr(self.classification_loss, "needs_quality", False):
-            # The class score's target at positives: the IoU its box reaches now.
-            quality = ops.aligned_iou(decoded["predicted"], decoded["target"])
-            cls_loss = self.classification_loss(*cls_arguments,
-                                                quality=tf.stop_gradient(quality))
-        else:
-            cls_loss = self.classification_loss(*cls_arguments)
-        if getattr(self.box_loss, "needs_decoded_boxes", False):  # losses on decoded boxes
-            box_loss = self.box_loss(*box_arguments, decoded=decoded)
-        else:
-            box_loss = self.box_loss(*box_arguments)
-        box_loss = self.box_loss_weight * box_loss
+            if needs_quality:  # the class score's target at positives: its box's IoU now
+                cls_options["quality"] = tf.stop_gradient(
+                    ops.aligned_iou(decoded["predicted"], decoded["target"]))
+            if needs_boxes:
+                box_options["decoded"] = decoded
+        cls_loss = self.classification_loss(*cls_arguments, **cls_options)
+        box_loss = self.box_loss_weight * self.box_loss(*box_arguments, **box_options)
         total = cls_loss + box_loss
         if self.losses:
             total += tf.add_n([tf.cast(loss, tf.float32) for loss in self.losses])
