@@ -122,7 +122,8 @@ def _part(name):
 
 def op_profile(fn, steps, logdir):
     """Runs `fn` `steps` times under the TF profiler; returns seconds per step by op type and
-    by model part: {"wall_s", "by_type": {type: s}, "by_part": {part: s}}.
+    by model part: {"wall_s", "by_type": {type: s}, "by_part": {part: s},
+    "by_type_and_part": [[type, part, s], ...]}.
 
     Reads the XSpace the profiler writes (no TensorBoard plugin needed): the executor's op
     events are named ``"op/name:OpType"``; their durations are summed. Ops can overlap
@@ -149,7 +150,7 @@ def op_profile(fn, steps, logdir):
     space = xplane_pb2.XSpace()
     with open(paths[-1], "rb") as f:
         space.ParseFromString(f.read())
-    by_type, by_part = defaultdict(float), defaultdict(float)
+    by_type, by_part, by_both = defaultdict(float), defaultdict(float), defaultdict(float)
     for plane in space.planes:
         if not plane.name.startswith("/host:CPU"):
             continue
@@ -166,11 +167,13 @@ def op_profile(fn, steps, logdir):
                 seconds = event.duration_ps * 1e-12 / steps
                 by_type[op_type] += seconds
                 by_part[_part(op_name)] += seconds
+                by_both[op_type, _part(op_name)] += seconds
 
     def ordered(d):
         return {k: v for k, v in sorted(d.items(), key=lambda kv: -kv[1])}
 
-    return {"wall_s": wall / steps, "by_type": ordered(by_type), "by_part": ordered(by_part)}
+    return {"wall_s": wall / steps, "by_type": ordered(by_type), "by_part": ordered(by_part),
+            "by_type_and_part": [[t, p, s] for (t, p), s in ordered(by_both).items()]}
 
 
 def median(values):
