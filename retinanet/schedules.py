@@ -2,12 +2,16 @@
 
 Beside the model rather than in `retinanet.training`: `RetinaNet.compile` defaults to
 `default_optimizer`, and a `.keras` file holding a compiled optimizer needs these schedules
-registered wherever it loads.
+(and `FusedAdam`) registered wherever it loads.
 """
 
 import math
 
 import keras
+
+# Imported here, not where used: `retinanet.model` imports this module, and so registers
+# FusedAdam for `keras.saving.load_model` of a `.keras` file compiled with it.
+from retinanet.fused_adam import FusedAdam
 
 
 @keras.saving.register_keras_serializable(package="retinanet")
@@ -157,5 +161,8 @@ def reference_optimizer(total_steps=90_000, batch_size=16, clipnorm=None, **opti
 
 
 def default_optimizer(learning_rate=1e-4, clipnorm=10.0):
-    """Adam with gradient clipping: robust on small datasets and small batches."""
-    return keras.optimizers.Adam(learning_rate=learning_rate, clipnorm=clipnorm)
+    """Adam with gradient clipping: robust on small datasets and small batches.
+
+    `retinanet.fused_adam.FusedAdam`: Keras's Adam with TensorFlow's fused update kernel.
+    """
+    return FusedAdam(learning_rate=learning_rate, clipnorm=clipnorm)

@@ -229,6 +229,7 @@ def build_optimizer(config, total_steps: int):
     """The configured Keras optimiser; "reference" is `retinanet.training.reference_optimizer`."""
     import keras
 
+    from retinanet.fused_adam import FusedAdam
     from retinanet.schedules import reference_optimizer
 
     train = config.train
@@ -246,8 +247,8 @@ def build_optimizer(config, total_steps: int):
                                     weight_decay=train.weight_decay or None, **options)
     if train.optimizer == "adamw":
         return keras.optimizers.AdamW(learning_rate, weight_decay=train.weight_decay, **options)
-    return keras.optimizers.Adam(learning_rate, weight_decay=train.weight_decay or None,
-                                 **options)
+    # Keras's Adam with TensorFlow's fused update kernel (same variables and config).
+    return FusedAdam(learning_rate, weight_decay=train.weight_decay or None, **options)
 
 
 def compile_model(model, config, total_steps: int):
