@@ -266,7 +266,7 @@ class RetinaNet(keras.Model):
         """Configures training.
 
         Args:
-            optimizer: defaults to `retinanet.schedules.default_optimizer()` (Adam 1e-4, clipnorm
+            optimizer: defaults to `retinanet.schedules.default_optimizer()` (FusedAdam 1e-4, clipnorm
                 10). `retinanet.schedules.reference_optimizer()` gives the paper's SGD recipe.
             classification_loss: defaults to `FocalLoss(alpha=0.25, gamma=2)`.
             box_loss: defaults to `SmoothL1Loss(beta=1/9)`.
