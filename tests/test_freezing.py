@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import retinanet
 from retinanet import _keras_compat
@@ -106,3 +107,54 @@ def test_from_scratch_resnet50_activations_stay_normalised():
     features = model.backbone(images, training=True)
     stds = [float(np.std(keras.ops.convert_to_numpy(f))) for f in features]
     assert all(0.3 <= std <= 3.0 for std in stds), stds
+
+
+def _bias_model():
+    # a -> bn_a; b -> bn_b and b -> add: only a's bias is cancelled by a batch norm alone.
+    inputs = keras.Input((None, None, 3))
+    a = keras.layers.Conv2D(4, 3, padding="same", name="a")(inputs)
+    x = keras.layers.ReLU()(keras.layers.BatchNormalization(name="bn_a")(a))
+    b = keras.layers.Conv2D(4, 3, padding="same", name="b")(x)
+    y = keras.layers.BatchNormalization(name="bn_b")(b)
+    return keras.Model(inputs, keras.layers.Add()([y, b]))
+
+
+def test_only_biases_a_training_batch_norm_cancels_stop_training():
+    from retinanet.model.backbone import set_redundant_biases
+
+    model = _bias_model()
+    set_redundant_biases(model)
+    assert not model.get_layer("a").bias.trainable  # cancelled by bn_a's batch mean
+    assert model.get_layer("b").bias.trainable  # also read by the add
+    # The premise: the cancelled bias's gradient is float32 noise, the kernel's is not.
+    images = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype("float32")
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(model(images, training=True) ** 2)
+    conv = model.get_layer("a")
+    bias_gradient, kernel_gradient = tape.gradient(loss, [conv.bias, conv.kernel])
+    assert np.abs(bias_gradient).max() < 1e-5 * np.abs(kernel_gradient).max()
+    # A frozen batch norm normalises by its moving statistics: the bias shifts the output.
+    model.get_layer("bn_a").trainable = False
+    set_redundant_biases(model)
+    assert model.get_layer("a").bias.trainable
+
+
+def test_resnet50_trains_its_biases_only_where_they_count():
+    training = retinanet.RetinaNet(2, backbone="resnet50", frozen_batchnorm=False,
+                                   frozen_early_stages=False, fpn_filters=32, head_filters=32)
+    convs = [layer for layer in _keras_compat.all_layers(training.backbone)
+             if isinstance(layer, keras.layers.Conv2D)]
+    trainable = {id(variable) for variable in training.trainable_variables}
+    assert len(convs) == 53 and all(conv.use_bias for conv in convs)
+    assert not any(id(conv.bias) in trainable for conv in convs)
+    assert all(id(conv.kernel) in trainable for conv in convs)
+    frozen = retinanet.RetinaNet(2, backbone="resnet50", frozen_batchnorm=True,
+                                 frozen_early_stages=False, fpn_filters=32, head_filters=32)
+    trainable = {id(variable) for variable in frozen.trainable_variables}
+    assert all(id(layer.bias) in trainable for layer in _keras_compat.all_layers(frozen.backbone)
+               if isinstance(layer, keras.layers.Conv2D))
+    # Freezing done after construction is followed when the model is compiled.
+    for layer in _norms(training.backbone):
+        layer.trainable = False
+    training.compile()
+    assert all(conv.bias.trainable for conv in convs)

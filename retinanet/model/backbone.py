@@ -195,3 +195,38 @@ def build_simple_backbone(widths=(16, 32, 64, 96, 128), blocks=1, name="simple_b
         if stage >= 2:
             features.append(x)
     return keras.Model(inputs, features, name=name)
+
+
+def set_redundant_biases(backbone):
+    """Makes each convolution bias that a batch norm cancels non-trainable, and the others
+    trainable again.
+
+    A bias added just before a batch norm that normalises by the batch's statistics (a
+    trainable one, in training) is subtracted again with the batch mean: its gradient is
+    zero (float32 noise in practice). keras.applications' ResNets have such a bias on every
+    convolution; not training them skips their gradients in the convolutions' backward pass
+    and their optimizer updates (4.5 % of a ResNet50 RetinaNet's step by CPU time). With the
+    batch norm frozen the bias does shift the output, and trains. Called by `RetinaNet` on
+    construction and in `compile`, so it follows the freezing flags set before compiling.
+    """
+    from retinanet import _keras_compat
+    from retinanet.model.recompute import layer_nodes
+
+    for model in [backbone, *_keras_compat.all_layers(backbone)]:
+        if not isinstance(model, keras.Model) or not hasattr(model, "_nodes_by_depth"):
+            continue
+        nodes = layer_nodes(model)
+        readers = {}
+        for node in nodes.values():
+            for tensor in node.input_tensors:
+                readers.setdefault(id(tensor), []).append(node.operation)
+        for layer, node in nodes.items():
+            if not (isinstance(layer, keras.layers.Conv2D) and layer.use_bias):
+                continue
+            consumers = readers.get(id(node.output_tensors[0]), [])
+            cancelled = (len(consumers) == 1
+                         and isinstance(consumers[0], keras.layers.BatchNormalization)
+                         and consumers[0].trainable)
+            # Keras 3 keeps the flag per variable: a frozen layer's bias stays frozen.
+            layer.bias.trainable = layer.trainable and not cancelled
+

@@ -62,7 +62,7 @@ def recompute(fn):
     return call
 
 
-def _nodes(model):
+def layer_nodes(model):
     """{layer: its node in `model`'s graph} (KerasTensors read and written); a layer called
     more than once in the graph can't be cut around."""
     nodes = {}
@@ -89,7 +89,7 @@ def _segments(model, min_layers):
     layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
     made, last_read = {id(model.inputs[0]): -1}, {}
     tensors = {id(model.inputs[0]): model.inputs[0]}
-    nodes = _nodes(model)
+    nodes = layer_nodes(model)
     for index, layer in enumerate(layers):
         node = nodes[layer]
         for tensor in node.input_tensors:
@@ -156,7 +156,7 @@ def recomputed_backbone(backbone, min_layers=None):
     features = inner[-1] if isinstance(inner[-1], keras.Model) else backbone
     prefix = inner[:-1] if features is not backbone else []
     if prefix or features is not backbone:
-        previous, nodes = backbone.inputs[0], _nodes(backbone)
+        previous, nodes = backbone.inputs[0], layer_nodes(backbone)
         for layer in inner:
             node = nodes[layer]
             if len(node.input_tensors) != 1 or node.input_tensors[0] is not previous:

@@ -7,7 +7,7 @@ from retinanet import _keras_compat, ops
 from retinanet.anchors import AnchorGenerator
 from retinanet.losses import FocalLoss, SmoothL1Loss
 from retinanet.matching import POSITIVE, LabelEncoder
-from retinanet.model.backbone import build_backbone
+from retinanet.model.backbone import build_backbone, set_redundant_biases
 from retinanet.model.fpn import FeaturePyramid
 from retinanet.model.heads import RetinaNetHead
 from retinanet.model.postprocess import DetectionPostprocessor
@@ -134,6 +134,7 @@ class RetinaNet(keras.Model):
         elif freeze_backbone:
             backbone.trainable = False
         self.backbone = backbone
+        set_redundant_biases(backbone)
         self.recompute_backbone = bool(recompute_backbone)
         # A plain function (not tracked): its segments share the backbone's layers.
         self._recomputed = recomputed_backbone(backbone) if self.recompute_backbone else None
@@ -266,8 +267,8 @@ class RetinaNet(keras.Model):
         """Configures training.
 
         Args:
-            optimizer: defaults to `retinanet.schedules.default_optimizer()` (FusedAdam 1e-4, clipnorm
-                10). `retinanet.schedules.reference_optimizer()` gives the paper's SGD recipe.
+            optimizer: defaults to `retinanet.schedules.default_optimizer()` (FusedAdam 1e-4,
+                clipnorm 10). `retinanet.schedules.reference_optimizer()` gives the paper's SGD.
             classification_loss: defaults to `FocalLoss(alpha=0.25, gamma=2)`.
             box_loss: defaults to `SmoothL1Loss(beta=1/9)`.
             box_loss_weight: multiplies the box loss in the total.
@@ -282,6 +283,7 @@ class RetinaNet(keras.Model):
         self.classification_loss = classification_loss or FocalLoss()
         self.box_loss = box_loss or SmoothL1Loss()
         self.box_loss_weight = float(box_loss_weight)
+        set_redundant_biases(self.backbone)  # after any freezing the caller did
         super().compile(
             optimizer=optimizer or default_optimizer(), jit_compile=jit_compile, **kwargs
         )
