@@ -7,8 +7,10 @@ for training from scratch on a CPU.
 import keras
 import numpy as np
 
+from retinanet import _keras_compat
 from retinanet.model import torchvision_resnet
 from retinanet.model.fused_batchnorm import FusedBatchNormalization, fuse_batchnorm
+from retinanet.model.recompute import layer_nodes
 
 IMAGENET_MEAN_BGR = (103.939, 116.779, 123.68)
 
@@ -209,13 +211,13 @@ def set_redundant_biases(backbone):
     batch norm frozen the bias does shift the output, and trains. Called by `RetinaNet` on
     construction and in `compile`, so it follows the freezing flags set before compiling.
     """
-    from retinanet import _keras_compat
-    from retinanet.model.recompute import layer_nodes
-
-    for model in [backbone, *_keras_compat.all_layers(backbone)]:
+    for model in _keras_compat.all_layers(backbone):  # itself and nested models
         if not isinstance(model, keras.Model) or not hasattr(model, "_nodes_by_depth"):
             continue
-        nodes = layer_nodes(model)
+        try:
+            nodes = layer_nodes(model)
+        except ValueError:  # a layer shared within the graph: leave its biases as they are
+            continue
         readers = {}
         for node in nodes.values():
             for tensor in node.input_tensors:
