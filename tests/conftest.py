@@ -67,3 +67,28 @@ def tiny_retinanet():
         return retinanet.RetinaNet(3, backbone=make_tiny_backbone(), **options)
 
     return build
+
+
+def run_on_two_cpus(script):
+    """Runs `script` in a fresh Python whose one CPU is split into two logical devices (they
+    must be set before TensorFlow initialises, hence the subprocess), with this checkout on
+    the path; returns the JSON the script printed last."""
+    import json
+    import subprocess
+    import sys
+    import textwrap
+
+    prelude = textwrap.dedent("""
+        import tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    """)
+    repo = str(pathlib.Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": repo + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(script)],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+

@@ -1,16 +1,15 @@
 """FusedAdam (tf.raw_ops.ResourceApplyAdam) against keras.optimizers.Adam."""
 
-import json
 import os
 import subprocess
 import sys
-import textwrap
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import run_on_two_cpus
 from retinanet.fused_adam import FusedAdam
 
 ATOL = 1e-6
@@ -49,10 +48,8 @@ def _fit(optimizer_class, epochs=3, **kwargs):
     return model
 
 
-def _manual(optimizer_class, steps=6, **kwargs):
-    model = _model()
-    optimizer = optimizer_class(**kwargs)
-    x, y = _data()
+def _train_step(model, optimizer):
+    """A compiled MSE training step of `model` with `optimizer`."""
 
     @tf.function
     def step(x, y):
@@ -61,6 +58,14 @@ def _manual(optimizer_class, steps=6, **kwargs):
         gradients = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(gradients, model.trainable_variables))
 
+    return step
+
+
+def _manual(optimizer_class, steps=6, **kwargs):
+    model = _model()
+    optimizer = optimizer_class(**kwargs)
+    x, y = _data()
+    step = _train_step(model, optimizer)
     for _ in range(steps):
         step(x, y)
     return model, optimizer
@@ -106,14 +111,7 @@ def test_apply_gradients_matches_keras_adam(option):
 def _traced_op_types(optimizer):
     model = _model()
     x, y = _data()
-
-    @tf.function
-    def step(x, y):
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_mean((model(x, training=True) - y) ** 2)
-        gradients = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
-
+    step = _train_step(model, optimizer)
     step(x, y)  # builds the optimizer's variables outside the traced graph
 
     def op_types(graph):
@@ -227,12 +225,8 @@ def test_default_and_configured_adam_are_fused():
     assert type(optimizer) is FusedAdam and optimizer.weight_decay == 1e-4
 
 
-_MIRRORED_SCRIPT = textwrap.dedent("""
+_MIRRORED_SCRIPT = """
     import json, sys
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
     import numpy as np
     from retinanet.fused_adam import FusedAdam
@@ -283,18 +277,12 @@ _MIRRORED_SCRIPT = textwrap.dedent("""
                 "slots": [v.numpy().tolist() for v in optimizer.variables[2:]]}
 
     json.dump({"keras": run(keras.optimizers.Adam), "fused": run(FusedAdam)}, sys.stdout)
-""")
+"""
 
 
 @pytest.mark.slow
 def test_mirrored_strategy_training_step_matches_keras():
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "PYTHONPATH": repo + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "TF_CPP_MIN_LOG_LEVEL": "3"}
-    result = subprocess.run([sys.executable, "-c", _MIRRORED_SCRIPT], capture_output=True,
-                            text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    runs = json.loads(result.stdout.strip().splitlines()[-1])
+    runs = run_on_two_cpus(_MIRRORED_SCRIPT)
     plain, fused = runs["keras"], runs["fused"]
     assert plain["replicas"] == fused["replicas"] == 2
     assert plain["iterations"] == fused["iterations"] == 2

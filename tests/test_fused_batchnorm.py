@@ -1,15 +1,13 @@
 """FusedBatchNormalization against Keras's BatchNormalization, and fuse_batchnorm."""
 
 import json
-import subprocess
-import sys
-import textwrap
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import run_on_two_cpus
 from retinanet.model.fused_batchnorm import FusedBatchNormalization, fuse_batchnorm
 
 SHAPE = (4, 9, 11, 16)
@@ -347,12 +345,8 @@ def test_fuse_batchnorm_on_resnet50():
         _assert_close(actual, expected, 1e-3)
 
 
-_MIRRORED_SCRIPT = textwrap.dedent("""
+_MIRRORED_SCRIPT = """
     import json, sys
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
     import numpy as np
     from retinanet.model.fused_batchnorm import FusedBatchNormalization
@@ -406,20 +400,11 @@ _MIRRORED_SCRIPT = textwrap.dedent("""
 
     json.dump({"plain": run(keras.layers.BatchNormalization),
                "fused": run(FusedBatchNormalization)}, sys.stdout)
-""")
+"""
 
 
 def test_mirrored_strategy_training_step_matches_keras(tmp_path):
-    # A fresh process: logical devices must be configured before TF initialises.
-    import os
-
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "PYTHONPATH": repo + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "TF_CPP_MIN_LOG_LEVEL": "3"}
-    result = subprocess.run([sys.executable, "-c", _MIRRORED_SCRIPT], capture_output=True,
-                            text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    runs = json.loads(result.stdout.strip().splitlines()[-1])
+    runs = run_on_two_cpus(_MIRRORED_SCRIPT)
     plain, fused = runs["plain"], runs["fused"]
     assert plain["replicas"] == fused["replicas"] == 2
     assert (plain["class"], fused["class"]) == ("BatchNormalization",

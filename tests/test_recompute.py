@@ -1,16 +1,12 @@
 """Backbone activation recomputation (retinanet.model.recompute) against the plain backbone."""
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import run_on_two_cpus
 from retinanet import RetinaNet
 from retinanet.model.backbone import build_backbone, build_simple_backbone
 from retinanet.model.fused_batchnorm import FusedBatchNormalization
@@ -122,12 +118,8 @@ def test_retinanet_option_trains_the_same_and_round_trips(tmp_path):
                                model.predict_on_batch(images[:1])["boxes"], atol=1e-4)
 
 
-_MIRRORED_SCRIPT = textwrap.dedent("""
+_MIRRORED_SCRIPT = """
     import json, sys
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
     import numpy as np
     from retinanet.model.backbone import build_simple_backbone
@@ -164,19 +156,12 @@ _MIRRORED_SCRIPT = textwrap.dedent("""
                 "weights": [w.numpy().tolist() for w in backbone.weights]}
 
     json.dump({"plain": run(False), "recomputed": run(True)}, sys.stdout)
-""")
+"""
 
 
 @pytest.mark.slow
 def test_mirrored_strategy_training_matches_the_plain_backbone():
-    # A fresh process: logical devices must be configured before TF initialises.
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "PYTHONPATH": repo + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "TF_CPP_MIN_LOG_LEVEL": "3"}
-    result = subprocess.run([sys.executable, "-c", _MIRRORED_SCRIPT], capture_output=True,
-                            text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    runs = json.loads(result.stdout.strip().splitlines()[-1])
+    runs = run_on_two_cpus(_MIRRORED_SCRIPT)
     assert runs["plain"]["replicas"] == runs["recomputed"]["replicas"] == 2
     initial = build_simple_backbone().weights  # names and count only
     assert len(runs["plain"]["weights"]) == len(initial)

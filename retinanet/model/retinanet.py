@@ -276,17 +276,14 @@ class RetinaNet(keras.Model):
             **kwargs: passed to `keras.Model.compile` (`steps_per_execution`, ...).
         """
         if "loss" in kwargs:
-            raise ValueError(
-                "RetinaNet computes its own loss: pass `classification_loss` and `box_loss` "
-                "instead of `loss`."
-            )
+            raise ValueError("RetinaNet computes its own loss: pass `classification_loss` and "
+                             "`box_loss` instead of `loss`.")
         self.classification_loss = classification_loss or FocalLoss()
         self.box_loss = box_loss or SmoothL1Loss()
         self.box_loss_weight = float(box_loss_weight)
         set_redundant_biases(self.backbone)  # after any freezing the caller did
-        super().compile(
-            optimizer=optimizer or default_optimizer(), jit_compile=jit_compile, **kwargs
-        )
+        super().compile(optimizer=optimizer or default_optimizer(), jit_compile=jit_compile,
+                        **kwargs)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         images, targets = _images_and_targets(x, y)
