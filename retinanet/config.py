@@ -85,6 +85,9 @@ def default_config() -> ml_collections.ConfigDict:
         # Recompute the backbone's activations in the backward pass instead of keeping them:
         # less memory, a slower step (model/recompute.py; figures in BENCHMARKS.md).
         recompute_backbone=False,
+        # predict and evaluate also detect on the mirrored images and fuse both views
+        # (model/flip.py): about twice the inference time; see docs/LEARNING.md for its AP.
+        test_time_flip=False,
         # With several replicas (mirrored, multi-worker), compute the backbone's trainable
         # batch statistics over the global batch, so every replica keeps the same moving
         # statistics (Keras' BatchNormalization(synchronized=True)).

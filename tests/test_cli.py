@@ -87,6 +87,14 @@ def test_evaluate_writes_metrics_table_and_curves(trained, tmp_path):
     assert "per_class" in metrics["coco"]
 
 
+def test_evaluate_with_test_time_flip(trained, tmp_path):
+    workdir, _ = trained
+    result = cli("evaluate", f"--workdir={workdir}", "--checkpoint=last", "--test_time_flip",
+                 f"--output={tmp_path}", "--verbose=0")
+    assert "Test-time flip" in result.stdout
+    assert set(json.loads((tmp_path / "metrics.json").read_text())) == {"coco", "voc"}
+
+
 def test_a_checkpoint_with_an_unknown_class_gives_a_short_error(trained, tmp_path):
     import zipfile
 

@@ -410,6 +410,19 @@ def test_onnx_agrees_with_predict(model, images, reference, tmp_path):
         session.run(None, {"images": images.astype("float32")})
 
 
+@pytest.mark.slow
+def test_a_model_with_test_time_flip_exports_it(images, tmp_path):
+    """SavedModel and LiteRT (batch 1, no While loop) detect as the flipping model does."""
+    model = _spread_model()
+    model.test_time_flip = True
+    reference = model.predict(images.astype("float32"), verbose=0)
+    saved = tf.saved_model.load(export.export_saved_model(model, tmp_path / "saved_model"))
+    served = _numpy(saved.signatures[export.SERVING_SIGNATURE](images=tf.constant(images)))
+    assert_same_detections(served, reference)
+    path = export.export_litert(model, tmp_path / "model.tflite", input_size=(HEIGHT, WIDTH))
+    assert_same_detections(_run_litert(path, images), reference)
+
+
 # ----------------------------------------------------------------------------- arguments
 
 

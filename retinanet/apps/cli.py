@@ -98,6 +98,10 @@ flags.DEFINE_string("quantization", "", "export: litert '', float16, dynamic_ran
 flags.DEFINE_float("score_threshold", None,
                    "predict: keep detections with at least this score (default: 0.3 for the "
                    "drawings, the config's postprocess.score_threshold for the JSON).")
+flags.DEFINE_bool("test_time_flip", None,
+                  "evaluate/predict: also detect on the mirrored images and fuse both views "
+                  "(about twice the time; default: as the checkpoint was saved). Keras "
+                  "checkpoints only.")
 flags.DEFINE_bool("stop_on_bad_image", False,
                   "predict: stop at the first unreadable image (default: skip it, name it on "
                   "stderr and count it).")

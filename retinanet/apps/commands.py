@@ -93,6 +93,18 @@ def _load_model(workdir: str | None, exported_ok: bool = False):
             from None
 
 
+def _set_test_time_flip(model):
+    """--test_time_flip onto a Keras checkpoint (an exported model is served as exported)."""
+    if FLAGS.test_time_flip is None:
+        return
+    if not hasattr(model, "test_time_flip"):
+        raise UsageError(f"--test_time_flip: {FLAGS.checkpoint} is an exported model, which "
+                         "detects as it was exported; use a .keras checkpoint")
+    model.test_time_flip = FLAGS.test_time_flip
+    if model.test_time_flip:
+        print("Test-time flip: detecting on the images and their mirrors", flush=True)
+
+
 def _set_precision():
     import keras
 
@@ -132,6 +144,7 @@ def cmd_evaluate():
         raise UsageError(f"the {split} split's classes {dataset.class_names} differ from the "
                          f"trained model's {class_names}")
     model = _load_model(workdir, exported_ok=True)
+    _set_test_time_flip(model)
     output = FLAGS.output or os.path.join(workdir, "eval", split)
     print(f"Evaluating on {len(dataset)} {split} images", flush=True)
     reporting.evaluate_and_report(model, config, datasets.eval_pipeline(config, dataset, model),
@@ -166,6 +179,7 @@ def cmd_predict():
         class_names, category_ids = run_folder.read_classes(workdir)
     _set_precision()
     model = _load_model(workdir)
+    _set_test_time_flip(model)
     if class_names is None:  # a preset or .keras file: the names and ids it carries
         class_names, category_ids = pretrained.model_classes(model)
     threshold = FLAGS.score_threshold

@@ -8,6 +8,7 @@ from retinanet.anchors import AnchorGenerator
 from retinanet.losses import FocalLoss, SmoothL1Loss
 from retinanet.matching import POSITIVE, LabelEncoder
 from retinanet.model.backbone import build_backbone, set_redundant_biases
+from retinanet.model.flip import detect_with_flip
 from retinanet.model.fpn import FeaturePyramid
 from retinanet.model.heads import RetinaNetHead
 from retinanet.model.postprocess import DetectionPostprocessor
@@ -70,6 +71,9 @@ class RetinaNet(keras.Model):
             recompute the rest in the backward pass (`retinanet.model.recompute`): less
             memory for about one more backbone forward per step. Needs trainable batch norm
             to be fused (or frozen).
+        test_time_flip: `predict` (and so `evaluate`) also detects on the mirrored images
+            and fuses both views by box voting (`retinanet.model.flip`): about twice the
+            inference cost. Off by default; settable on a built model.
         fpn_filters, head_convs, head_filters: widths and depth of the FPN and subnets.
         use_group_norm: GroupNorm(32) after each subnet conv.
         anchor_generator, label_encoder, fpn, classification_head, box_head, postprocessor:
@@ -98,6 +102,7 @@ class RetinaNet(keras.Model):
         frozen_early_stages=None,
         fused_batchnorm=True,
         recompute_backbone=False,
+        test_time_flip=False,
         fpn_filters=256,
         head_convs=4,
         head_filters=256,
@@ -167,6 +172,7 @@ class RetinaNet(keras.Model):
                 "The FPN produces levels from P3: `anchor_generator.min_level` must be 3, "
                 f"got {self.anchor_generator.min_level}."
             )
+        self.test_time_flip = test_time_flip
         self.classification_loss = FocalLoss()
         self.box_loss = SmoothL1Loss()
         self.box_loss_weight = 1.0
@@ -191,6 +197,14 @@ class RetinaNet(keras.Model):
                              f"encoder's {self.box_coder.weights}.")
         self.postprocessor.box_coder = self.box_coder
 
+    @property
+    def test_time_flip(self):
+        return self._test_time_flip
+
+    @test_time_flip.setter
+    def test_time_flip(self, value):
+        self._test_time_flip = bool(value)
+        self.predict_function = None  # traced with the old setting
     def build(self, input_shape=None):
         if self.built:
             return
@@ -236,10 +250,17 @@ class RetinaNet(keras.Model):
         if isinstance(images, dict) and image_sizes is None:
             image_sizes = images.get("image_sizes")
         images, _ = _images_and_targets(images, None)
-        if outputs is None:
-            outputs = self(images, training=False)
         if image_sizes is None:
             image_sizes = tf.shape(images)[1:3]
+        if self.test_time_flip and outputs is None:
+            return detect_with_flip(self._detect_view, images, image_sizes,
+                                    self.postprocessor.iou_threshold,
+                                    self.postprocessor.max_detections)
+        return self._detect_view(images, image_sizes, outputs)
+
+    def _detect_view(self, images, image_sizes, outputs=None):
+        if outputs is None:
+            outputs = self(images, training=False)
         return self.postprocessor(outputs["cls_logits"], outputs["box_deltas"],
                                   anchor_image_size=self._padded_size(images),
                                   clip_size=image_sizes)
@@ -380,6 +401,7 @@ class RetinaNet(keras.Model):
             "class_names": self.class_names,
             "preprocessing": self.preprocessing,
             "recompute_backbone": self.recompute_backbone,
+            "test_time_flip": self.test_time_flip,
             "backbone": serialize(self.backbone),
             "anchor_generator": serialize(self.anchor_generator),
             "label_encoder": serialize(self.label_encoder),

@@ -143,6 +143,7 @@ def _pretrained_model(config, num_classes: int):
             class_names=source.class_names if source.num_classes == num_classes else None,
             preprocessing=model.preprocessing or source.preprocessing,
             recompute_backbone=model.recompute_backbone,
+            test_time_flip=model.test_time_flip,
         )
 
 
@@ -183,6 +184,7 @@ def build_model(config, num_classes: int, num_replicas: int = 1):
                 anchor_generator=anchor_generator, label_encoder=label_encoder,
                 postprocessor=postprocessor, preprocessing=model.preprocessing or "retinanet",
                 recompute_backbone=model.recompute_backbone,
+                test_time_flip=model.test_time_flip,
             )
     for layer in _keras_compat.all_layers(retinanet.backbone):
         if isinstance(layer, keras.layers.BatchNormalization):
