@@ -48,7 +48,7 @@ def _fuse_image(boxes, scores, classes, views, num_views, iou_threshold, max_det
     column, row = (lambda x: tf.expand_dims(x, 1)), (lambda x: tf.expand_dims(x, 0))
     members = ((ops.box_iou(tf.gather(boxes, keep), boxes) > iou_threshold)
                | (column(keep) == row(tf.range(tf.shape(boxes)[0]))))  # zero-area kept box
-    members &= (column(kept_classes) == row(classes)) & row(valid)
+    members &= column(kept_classes) == row(classes)  # kept classes are >= 0: no padding
     weights = tf.where(members, row(scores), 0.0)  # [K, N]
     fused_boxes = tf.matmul(weights, boxes) / tf.reduce_sum(weights, axis=1, keepdims=True)
     by_view = tf.expand_dims(weights, 2) * row(tf.one_hot(views, num_views))  # [K, N, V]
