@@ -205,6 +205,7 @@ class RetinaNet(keras.Model):
     def test_time_flip(self, value):
         self._test_time_flip = bool(value)
         self.predict_function = None  # traced with the old setting
+
     def build(self, input_shape=None):
         if self.built:
             return
@@ -245,7 +246,8 @@ class RetinaNet(keras.Model):
         """Detections for a batch of raw images (graph-friendly; `predict` uses it).
 
         Boxes are clipped to `image_sizes` (int `[B, 2]` or `[2]`, height and width of the
-        images within the batch; an input dict's `"image_sizes"`), else to the input.
+        images within the batch; an input dict's `"image_sizes"`), else to the input. With
+        `test_time_flip`, the fusion of two views (given `outputs` are one view: not flipped).
         """
         if isinstance(images, dict) and image_sizes is None:
             image_sizes = images.get("image_sizes")
