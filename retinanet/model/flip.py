@@ -10,6 +10,7 @@ as 0 (as weighted box fusion does); objects both views agree on rank first.
 import tensorflow as tf
 
 from retinanet import ops
+from retinanet.model.postprocess import map_images, pad_detections
 
 
 def flip_images(images, widths):
@@ -54,12 +55,8 @@ def _fuse_image(boxes, scores, classes, views, num_views, iou_threshold, max_det
     by_view = tf.expand_dims(weights, 2) * row(tf.one_hot(views, num_views))  # [K, N, V]
     fused_scores = tf.reduce_mean(tf.reduce_max(by_view, axis=1), axis=1)
     order = tf.argsort(fused_scores, direction="DESCENDING", stable=True)
-    count = tf.shape(keep)[0]
-    padding = max_detections - count
-    return (tf.pad(tf.gather(fused_boxes, order), [[0, padding], [0, 0]]),
-            tf.pad(tf.gather(fused_scores, order), [[0, padding]]),
-            tf.pad(tf.gather(kept_classes, order), [[0, padding]], constant_values=-1),
-            count)
+    return pad_detections(tf.gather(fused_boxes, order), tf.gather(fused_scores, order),
+                          tf.gather(kept_classes, order), max_detections)
 
 
 def fuse_views(views, iou_threshold=0.5, max_detections=100):
@@ -84,15 +81,7 @@ def fuse_views(views, iou_threshold=0.5, max_detections=100):
     def per_image(args):
         return _fuse_image(*args, view_index, len(views), iou_threshold, max_detections)
 
-    if boxes.shape[0] == 1:  # as DetectionPostprocessor: no While loop for LiteRT's batch 1
-        return dict(zip(("boxes", "scores", "classes", "num_detections"),
-                        (value[None] for value in per_image((boxes[0], scores[0], classes[0])))))
-    fused = tf.map_fn(per_image, (boxes, scores, classes), fn_output_signature=(
-        tf.TensorSpec([max_detections, 4], tf.float32),
-        tf.TensorSpec([max_detections], tf.float32),
-        tf.TensorSpec([max_detections], tf.int32),
-        tf.TensorSpec([], tf.int32)))
-    return dict(zip(("boxes", "scores", "classes", "num_detections"), fused))
+    return map_images(per_image, (boxes, scores, classes), max_detections)
 
 
 def detect_with_flip(detect, images, image_sizes, iou_threshold, max_detections):

@@ -106,32 +106,10 @@ class DetectionPostprocessor(keras.layers.Layer):
                 max_output_size=self.max_detections,
                 score_threshold=self.score_threshold,
             )
-            count = tf.shape(keep)[0]
-            padding = self.max_detections - count
-            return (
-                tf.pad(tf.gather(image_boxes, keep), [[0, padding], [0, 0]]),
-                tf.pad(tf.gather(image_scores, keep), [[0, padding]]),
-                tf.pad(tf.gather(image_classes, keep), [[0, padding]], constant_values=-1),
-                count,
-            )
+            return pad_detections(tf.gather(image_boxes, keep), tf.gather(image_scores, keep),
+                                  tf.gather(image_classes, keep), self.max_detections)
 
-        if boxes.shape[0] == 1:
-            # A batch known to be 1 (LiteRT's fixed input) needs no loop; the LiteRT int8
-            # calibrator crashes on map_fn's While loop.
-            return {key: value[None] for key, value in zip(
-                ("boxes", "scores", "classes", "num_detections"),
-                per_image((boxes[0], scores[0], classes[0])))}
-        boxes, scores, classes, counts = tf.map_fn(
-            per_image,
-            (boxes, scores, classes),
-            fn_output_signature=(
-                tf.TensorSpec([self.max_detections, 4], tf.float32),
-                tf.TensorSpec([self.max_detections], tf.float32),
-                tf.TensorSpec([self.max_detections], tf.int32),
-                tf.TensorSpec([], tf.int32),
-            ),
-        )
-        return {"boxes": boxes, "scores": scores, "classes": classes, "num_detections": counts}
+        return map_images(per_image, (boxes, scores, classes), self.max_detections)
 
     def get_config(self):
         return {
@@ -155,6 +133,31 @@ class DetectionPostprocessor(keras.layers.Layer):
         elif config.get("box_coder") is not None:
             config["box_coder"] = keras.saving.deserialize_keras_object(config["box_coder"])
         return cls(**config)
+
+
+def pad_detections(boxes, scores, classes, max_detections):
+    """One image's `[n, 4]`, `[n]`, `[n]` detections (n <= max_detections) padded to
+    `max_detections` with zeros (classes with -1); returns them and n."""
+    count = tf.shape(scores)[0]
+    padding = max_detections - count
+    return (tf.pad(boxes, [[0, padding], [0, 0]]), tf.pad(scores, [[0, padding]]),
+            tf.pad(classes, [[0, padding]], constant_values=-1), count)
+
+
+def map_images(per_image, batch, max_detections):
+    """`per_image(tensors of one image) -> pad_detections(...)` over a batch of tensors;
+    returns the padded detection dict `{"boxes", "scores", "classes", "num_detections"}`."""
+    if batch[0].shape[0] == 1:
+        # A batch known to be 1 (LiteRT's fixed input) needs no loop; the LiteRT int8
+        # calibrator crashes on map_fn's While loop.
+        found = [value[None] for value in per_image(tuple(tensor[0] for tensor in batch))]
+    else:
+        found = tf.map_fn(per_image, batch, fn_output_signature=(
+            tf.TensorSpec([max_detections, 4], tf.float32),
+            tf.TensorSpec([max_detections], tf.float32),
+            tf.TensorSpec([max_detections], tf.int32),
+            tf.TensorSpec([], tf.int32)))
+    return dict(zip(("boxes", "scores", "classes", "num_detections"), found))
 
 
 def unpad_detections(detections) -> list:
