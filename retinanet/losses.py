@@ -12,6 +12,7 @@ import math
 import keras
 import tensorflow as tf
 
+from retinanet import ops
 from retinanet.matching import IGNORED, POSITIVE
 
 
@@ -255,3 +256,32 @@ class QualityFocalLoss:
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+
+def loss_inputs(classification_loss, box_loss, box_deltas, box_targets, box_coder, anchors):
+    """The keyword arguments the two losses ask for, with the boxes decoded once for both.
+
+    A classification loss with `needs_quality` gets `quality` `[B, A]`: the IoU of each
+    anchor's predicted box with its target box, without gradient (the class score's target at
+    positives). A box loss with `needs_decoded_boxes` gets `decoded`: `{"predicted",
+    "target"}` `[B, A, 4]` xyxy pixels.
+
+    Args:
+        box_deltas, box_targets: `[B, A, 4]` encoded deltas (predicted and target).
+        box_coder: the `BoxCoder` that encoded them.
+        anchors: callable returning the `[A, 4]` anchors (called only when needed).
+
+    Returns:
+        `(classification_options, box_options)`, dicts (empty for the paper's losses).
+    """
+    needs_quality = getattr(classification_loss, "needs_quality", False)
+    needs_boxes = getattr(box_loss, "needs_decoded_boxes", False)
+    if not (needs_quality or needs_boxes):
+        return {}, {}
+    batch_anchors = anchors()[None]
+    decoded = {"predicted": box_coder.decode(tf.cast(box_deltas, tf.float32), batch_anchors),
+               "target": box_coder.decode(box_targets, batch_anchors)}
+    quality = ({"quality": tf.stop_gradient(ops.aligned_iou(decoded["predicted"],
+                                                            decoded["target"]))}
+               if needs_quality else {})
+    return quality, ({"decoded": decoded} if needs_boxes else {})

@@ -3,9 +3,9 @@
 import keras
 import tensorflow as tf
 
-from retinanet import _keras_compat, ops
+from retinanet import _keras_compat
 from retinanet.anchors import AnchorGenerator
-from retinanet.losses import FocalLoss, SmoothL1Loss
+from retinanet.losses import FocalLoss, SmoothL1Loss, loss_inputs
 from retinanet.matching import POSITIVE, LabelEncoder
 from retinanet.model.backbone import build_backbone, set_redundant_biases
 from retinanet.model.flip import detect_with_flip
@@ -61,12 +61,10 @@ class RetinaNet(keras.Model):
         frozen_early_stages: freeze the backbone's layers at strides 2 and 4 (named backbones;
             for ResNets the stem and res2, as in the paper's Detectron setup). None: as
             `frozen_batchnorm`.
-        fused_batchnorm: the backbone's batch norm through TensorFlow's fused kernel in
-            training mode (`retinanet.model.fused_batchnorm`; named backbones): the same
-            results, a faster training step when the statistics train (not frozen). Saved
-            with the backbone's layers, so a `.keras` file loads back as it was built; a
-            whole model's `.weights.h5` (Keras keys weights by layer class) loads only into
-            a model built with the same setting.
+        fused_batchnorm: trainable batch norm through TensorFlow's fused kernel
+            (`retinanet.model.fused_batchnorm`; named backbones): same results, faster step.
+            A whole model's `.weights.h5` loads only into a model built with the same
+            setting (Keras keys weights by layer class); `.keras` files carry it.
         recompute_backbone: in training, keep only the backbone's block outputs and
             recompute the rest in the backward pass (`retinanet.model.recompute`): less
             memory for about one more backbone forward per step. Needs trainable batch norm
@@ -84,12 +82,10 @@ class RetinaNet(keras.Model):
             (`retinanet.IoUMatcher`, the default, or `retinanet.ATSSMatcher`).
         box_coder: the label encoder's `retinanet.BoxCoder` when `label_encoder` is None.
         class_names: optional list of the K class names (saved with the model).
-        preprocessing: the resize and padding rules its inputs follow, one of
-            `retinanet.preprocess.PREPROCESSING`: "retinanet" (black padding; the data
-            pipeline rounds resized sizes) or "torchvision" (torchvision's transform: the
-            padding is the mean colour, resized sizes are floored, boxes scaled per axis),
-            which torchvision's COCO detectors were trained with. Data pipelines and exports
-            read it from the model.
+        preprocessing: its inputs' resize and padding rules, read by data pipelines and
+            exports (`retinanet.preprocess.PREPROCESSING`): "retinanet" (black padding,
+            rounded sizes) or "torchvision" (mean-colour padding, floored sizes, boxes
+            scaled per axis: what torchvision's COCO detectors were trained with).
     """
 
     def __init__(
@@ -218,10 +214,7 @@ class RetinaNet(keras.Model):
     def _padded_size(self, images):
         multiple = self.anchor_generator.stride_multiple
         shape = tf.shape(images)
-        return (
-            (shape[1] + multiple - 1) // multiple * multiple,
-            (shape[2] + multiple - 1) // multiple * multiple,
-        )
+        return tuple((shape[axis] + multiple - 1) // multiple * multiple for axis in (1, 2))
 
     def call(self, inputs, training=False):
         images, _ = _images_and_targets(inputs, None)
@@ -278,15 +271,8 @@ class RetinaNet(keras.Model):
 
     # -- training ------------------------------------------------------------------------
 
-    def compile(
-        self,
-        optimizer=None,
-        classification_loss=None,
-        box_loss=None,
-        box_loss_weight=1.0,
-        jit_compile=False,
-        **kwargs,
-    ):
+    def compile(self, optimizer=None, classification_loss=None, box_loss=None,
+                box_loss_weight=1.0, jit_compile=False, **kwargs):
         """Configures training.
 
         Args:
@@ -319,23 +305,13 @@ class RetinaNet(keras.Model):
         encoded = self.label_encoder.encode(targets["boxes"], targets["classes"], height, width,
                                             trim_padding=not self.jit_compile)
         states = encoded["anchor_states"]
-        cls_arguments = (y_pred["cls_logits"], encoded["cls_targets"], states)
-        box_arguments = (y_pred["box_deltas"], encoded["box_targets"], states)
-        needs_quality = getattr(self.classification_loss, "needs_quality", False)
-        needs_boxes = getattr(self.box_loss, "needs_decoded_boxes", False)
-        cls_options, box_options = {}, {}
-        if needs_quality or needs_boxes:
-            anchors = self.anchor_generator(height, width)[None]
-            decoded = {"predicted": self.box_coder.decode(
-                           tf.cast(y_pred["box_deltas"], tf.float32), anchors),
-                       "target": self.box_coder.decode(encoded["box_targets"], anchors)}
-            if needs_quality:  # the class score's target at positives: its box's IoU now
-                cls_options["quality"] = tf.stop_gradient(
-                    ops.aligned_iou(decoded["predicted"], decoded["target"]))
-            if needs_boxes:
-                box_options["decoded"] = decoded
-        cls_loss = self.classification_loss(*cls_arguments, **cls_options)
-        box_loss = self.box_loss_weight * self.box_loss(*box_arguments, **box_options)
+        cls_options, box_options = loss_inputs(
+            self.classification_loss, self.box_loss, y_pred["box_deltas"],
+            encoded["box_targets"], self.box_coder, lambda: self.anchor_generator(height, width))
+        cls_loss = self.classification_loss(y_pred["cls_logits"], encoded["cls_targets"], states,
+                                            **cls_options)
+        box_loss = self.box_loss_weight * self.box_loss(
+            y_pred["box_deltas"], encoded["box_targets"], states, **box_options)
         total = cls_loss + box_loss
         if self.losses:
             total += tf.add_n([tf.cast(loss, tf.float32) for loss in self.losses])
@@ -416,9 +392,7 @@ class RetinaNet(keras.Model):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        for key in (
-            "backbone", "anchor_generator", "label_encoder", "fpn",
-            "classification_head", "box_head", "postprocessor",
-        ):
+        for key in ("backbone", "anchor_generator", "label_encoder", "fpn",
+                    "classification_head", "box_head", "postprocessor"):
             config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
